@@ -1,0 +1,39 @@
+# proxypilot — the two commands a user needs are `make run` and `make test`.
+# Both install what a fresh Debian machine lacks first (`make setup`, idempotent).
+
+SHELL := /bin/bash
+BIN   := target/release/proxypilot
+
+.PHONY: setup build run test unit e2e lint fmt clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+
+## Start a local tokenizer and the sidecar with an embedded offline default; prints how to call it.
+run: build
+	@scripts/run.sh
+
+## All tests: unit tests, then end-to-end tests against the real binary on loopback.
+test: build
+	cargo test --release --locked
+	python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+unit: setup
+	cargo test --release --locked
+
+e2e: build
+	python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --locked -- -D warnings
+
+fmt:
+	cargo fmt
+
+clean:
+	cargo clean
+	rm -rf run

@@ -1,0 +1,239 @@
+//! Leaf certificates on demand: the cache behind the sidecar's TLS handshake callback.
+//!
+//! Owns: which server names get a certificate (routed hosts and `localhost`), a bounded LRU of
+//! minted leaves renewed well before expiry, minting on tokio's blocking pool (never on an async
+//! worker), one mint per name however many first handshakes race, and the pingora `TlsAccept`
+//! callbacks that pick the leaf by SNI and record the SNI for the request phase.
+//! Must not: hand out a certificate for a name that is not routed, or block a worker thread.
+
+use async_trait::async_trait;
+use lru::LruCache;
+use openssl::ssl::NameType;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::tls::ext;
+use std::any::Any;
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::OnceCell;
+
+use crate::ca::{Ca, Leaf};
+use crate::metrics;
+
+/// The TLS server name a connection was accepted for; read by the request phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerName(pub String);
+
+type Slot = Arc<OnceCell<Arc<Leaf>>>;
+
+pub struct CertStore {
+    ca: Arc<Ca>,
+    names: HashSet<String>,
+    lifetime: Duration,
+    cache: Mutex<LruCache<String, Slot>>,
+    mints: AtomicU64,
+}
+
+/// Lower-case a server name and drop a trailing dot.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl CertStore {
+    /// `names` are the hosts that may get a certificate (`localhost` is always added).
+    pub fn new(ca: Arc<Ca>, names: &[String], lifetime: Duration, capacity: usize) -> Self {
+        let mut set: HashSet<String> = names.iter().map(|n| normalize(n)).collect();
+        set.insert("localhost".into());
+        CertStore {
+            ca,
+            names: set,
+            lifetime,
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("capacity is at least 1"),
+            )),
+            mints: AtomicU64::new(0),
+        }
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn serves(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// How many leaves this store has minted.
+    #[cfg(test)]
+    pub fn minted(&self) -> u64 {
+        self.mints.load(Ordering::Relaxed)
+    }
+
+    /// A leaf is renewed once two thirds of its lifetime have passed.
+    fn fresh(&self, leaf: &Leaf, now: SystemTime) -> bool {
+        let total = leaf
+            .not_after
+            .duration_since(leaf.not_before)
+            .unwrap_or_default();
+        let renew_at = leaf.not_before + total.mul_f64(2.0 / 3.0);
+        now < renew_at
+    }
+
+    /// The slot for `name`: the cached one, or a new empty one when absent or due for renewal.
+    fn slot(&self, name: &str) -> Slot {
+        let mut cache = self.cache.lock().unwrap();
+        if let Some(slot) = cache.get(name) {
+            match slot.get() {
+                Some(leaf) if !self.fresh(leaf, SystemTime::now()) => {}
+                _ => return slot.clone(),
+            }
+        }
+        let slot: Slot = Arc::new(OnceCell::new());
+        cache.put(name.to_string(), slot.clone());
+        slot
+    }
+
+    /// The leaf for a served `name`, minting it (once, off the async workers) when needed.
+    pub async fn get(&self, name: &str) -> Result<Arc<Leaf>, String> {
+        if !self.serves(name) {
+            return Err(format!("{name:?} is not a routed host"));
+        }
+        let slot = self.slot(name);
+        let leaf = slot
+            .get_or_try_init(|| async {
+                let ca = self.ca.clone();
+                let owned = name.to_string();
+                let lifetime = self.lifetime;
+                let leaf = tokio::task::spawn_blocking(move || ca.mint(&owned, lifetime))
+                    .await
+                    .map_err(|e| format!("minting task failed: {e}"))??;
+                self.mints.fetch_add(1, Ordering::Relaxed);
+                metrics::CERTS_MINTED.inc();
+                log::debug!("minted a certificate for {name}");
+                Ok::<_, String>(Arc::new(leaf))
+            })
+            .await?;
+        Ok(leaf.clone())
+    }
+}
+
+/// pingora's TLS callbacks for the sidecar listeners.
+pub struct TlsCallbacks {
+    pub store: Arc<CertStore>,
+}
+
+#[async_trait]
+impl TlsAccept for TlsCallbacks {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let Some(sni) = ssl.servername(NameType::HOST_NAME).map(normalize) else {
+            log::warn!(
+                "refused TLS handshake: the client sent no SNI (clients that dial an IP address \
+                 send none; use a routed host name)"
+            );
+            metrics::HANDSHAKES_REFUSED
+                .with_label_values(&["no_sni"])
+                .inc();
+            return;
+        };
+        if !self.store.serves(&sni) {
+            log::warn!("refused TLS handshake for SNI {sni:?}: not a routed host");
+            metrics::HANDSHAKES_REFUSED
+                .with_label_values(&["unknown_sni"])
+                .inc();
+            return;
+        }
+        let leaf = match self.store.get(&sni).await {
+            Ok(leaf) => leaf,
+            Err(e) => {
+                log::error!("refused TLS handshake for SNI {sni:?}: {e}");
+                metrics::HANDSHAKES_REFUSED
+                    .with_label_values(&["mint_failed"])
+                    .inc();
+                return;
+            }
+        };
+        let set = ext::ssl_use_certificate(ssl, &leaf.cert)
+            .and_then(|_| ext::ssl_use_private_key(ssl, &leaf.key))
+            .and_then(|_| ext::ssl_add_chain_cert(ssl, &self.store.ca().x509));
+        if let Err(e) = set {
+            log::error!("cannot install the certificate for {sni:?}: {e}");
+        }
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let sni = ssl.servername(NameType::HOST_NAME).map(normalize)?;
+        Some(Arc::new(ServerName(sni)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(lifetime: Duration) -> Arc<CertStore> {
+        let (ca, _) = Ca::create(&["api.github.com".into()], Duration::from_secs(86400)).unwrap();
+        Arc::new(CertStore::new(
+            Arc::new(ca),
+            &["api.github.com".into()],
+            lifetime,
+            16,
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_requests_mint_once() {
+        let s = store(Duration::from_secs(3600));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { s.get("api.github.com").await }));
+        }
+        let mut serials = HashSet::new();
+        for t in tasks {
+            let leaf = t.await.unwrap().unwrap();
+            serials.insert(
+                leaf.cert
+                    .serial_number()
+                    .to_bn()
+                    .unwrap()
+                    .to_hex_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(serials.len(), 1);
+        assert_eq!(s.minted(), 1);
+    }
+
+    #[tokio::test]
+    async fn unrouted_names_get_nothing() {
+        let s = store(Duration::from_secs(3600));
+        assert!(s.get("evil.example.com").await.is_err());
+        assert!(s.get("localhost").await.is_ok());
+        assert_eq!(s.minted(), 1);
+    }
+
+    #[tokio::test]
+    async fn leaves_renew_before_expiry() {
+        // A 1 s lifetime with 300 s backdating is already past two thirds: every get renews.
+        let s = store(Duration::from_secs(1));
+        let a = s.get("api.github.com").await.unwrap();
+        let b = s.get("api.github.com").await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        let s = store(Duration::from_secs(3600));
+        let a = s.get("api.github.com").await.unwrap();
+        let b = s.get("api.github.com").await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn normalize_names() {
+        assert_eq!(normalize("API.GitHub.com."), "api.github.com");
+    }
+}

@@ -1,0 +1,607 @@
+//! Sidecar configuration: the YAML file (or tlsproxy's environment), parsed once into runtime
+//! types.
+//!
+//! Owns: the file format of the `proxypilot:` section (serde, unknown keys refused, errors
+//! naming file, key and line), the tlsproxy drop-in environment (`TARGETS`, `PROXY`, `PORT`),
+//! reading sealed secrets from env vars or files, and validation. The request path only ever
+//! sees [`Sidecar`] and [`Route`].
+//! Must not: print a sealed secret or a tokenizer credential, even in an error.
+
+use http::HeaderValue;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ca::CaFiles;
+use crate::sealing::TokenizerHeader;
+
+/// Headers removed from every request by default: the dummy credentials clients send.
+pub const DEFAULT_STRIP: &[&str] = &["Authorization", "X-Api-Key"];
+/// Headers always removed from client requests: only the sidecar may speak to the tokenizer.
+pub const ALWAYS_STRIP: &[&str] = &[
+    "Proxy-Tokenizer",
+    "Proxy-Authorization",
+    "Fly-Src",
+    "Fly-Src-Signature",
+];
+pub const DEFAULT_TOKENIZER: &str = "http://tokenizer.flycast";
+
+// ---------- file format ----------
+
+#[derive(Deserialize)]
+struct File {
+    proxypilot: Option<FileSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSection {
+    #[serde(default)]
+    listen: Option<Vec<String>>,
+    #[serde(default)]
+    ca: FileCa,
+    #[serde(default)]
+    leaf_lifetime: Option<String>,
+    #[serde(default)]
+    read_timeout: Option<String>,
+    tokenizer: FileTokenizer,
+    #[serde(default)]
+    strip_headers: Option<Vec<String>>,
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCa {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    lifetime: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTokenizer {
+    url: String,
+    /// Env var holding the password for the tokenizer's bearer_auth (sent as
+    /// `Proxy-Authorization: Bearer <value>`).
+    auth_env: Option<String>,
+    auth_file: Option<PathBuf>,
+    #[serde(default)]
+    fly_src_optin: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    host: String,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    strip_headers: Vec<String>,
+}
+
+// ---------- runtime types ----------
+
+/// Where requests go after the sidecar: the tokenizer.
+pub struct Tokenizer {
+    /// For messages: scheme://host:port, never a credential.
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `Proxy-Authorization` to send, if the tokenizer wants one.
+    pub proxy_authorization: Option<HeaderValue>,
+    pub fly_src_optin: bool,
+}
+
+/// One routed host. Built once at start; the request path only reads it.
+pub struct Route {
+    pub host: String,
+    /// The complete `Proxy-Tokenizer` value (marked sensitive).
+    pub proxy_tokenizer: HeaderValue,
+    /// Lower-case header names removed from the client's request.
+    pub strip: Vec<String>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("host", &self.host)
+            .field("proxy_tokenizer", &"<sealed>")
+            .field("strip", &self.strip)
+            .finish()
+    }
+}
+
+/// The sidecar's validated runtime configuration.
+pub struct Sidecar {
+    pub listen: Vec<String>,
+    pub ca: CaFiles,
+    pub leaf_lifetime: Duration,
+    pub read_timeout: Duration,
+    pub tokenizer: Tokenizer,
+    pub routes: HashMap<String, Arc<Route>>,
+    /// Serve the CA certificate at https://localhost:PORT/ca-cert.pem (always on; kept explicit
+    /// for the startup message).
+    pub source: String,
+}
+
+impl Sidecar {
+    pub fn hosts(&self) -> Vec<String> {
+        let mut h: Vec<String> = self.routes.keys().cloned().collect();
+        h.sort();
+        h
+    }
+}
+
+/// Where a config error was found, for messages like `conf/proxy.yaml: proxypilot.routes[1].host: ...`.
+struct Where<'a> {
+    source: &'a str,
+}
+
+impl Where<'_> {
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> String {
+        format!("{}: {key}: {msg}", self.source)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 1h or 365d ({e})"))
+}
+
+/// A DNS host name as a route key: lower case, no port, no trailing dot.
+fn check_host(h: &str) -> Result<String, String> {
+    let host = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !ok {
+        return Err(format!(
+            "{h:?} is not a DNS host name (no scheme, port or path)"
+        ));
+    }
+    if host == "localhost" {
+        return Err("localhost is reserved for the sidecar's own answers".into());
+    }
+    Ok(host)
+}
+
+/// Check that a value looks like a sealed secret, without ever printing it.
+fn check_sealed(value: &str) -> Result<(), String> {
+    use base64::Engine;
+    let v = value.trim();
+    if v.is_empty() {
+        return Err("is empty".into());
+    }
+    match base64::engine::general_purpose::STANDARD.decode(v) {
+        // 32-byte ephemeral key + 16-byte tag + at least a minimal JSON object.
+        Ok(b) if b.len() > 48 + 2 => Ok(()),
+        _ => Err(
+            "does not look like a sealed secret (base64 of a sealed box); seal the real \
+                  token with `proxypilot seal` and put the output there"
+                .into(),
+        ),
+    }
+}
+
+fn read_secret(env: Option<&str>, file: Option<&Path>) -> Result<String, String> {
+    match (env, file) {
+        (Some(name), None) => match std::env::var(name) {
+            Ok(v) => check_sealed(&v)
+                .map(|_| v.trim().to_string())
+                .map_err(|e| format!("environment variable {name} {e}")),
+            Err(_) => Err(format!("environment variable {name} is not set")),
+        },
+        (None, Some(path)) => {
+            let v = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            check_sealed(&v)
+                .map(|_| v.trim().to_string())
+                .map_err(|e| format!("{} {e}", path.display()))
+        }
+        (Some(_), Some(_)) => Err("give secret_env or secret_file, not both".into()),
+        (None, None) => Err("missing secret_env (or secret_file)".into()),
+    }
+}
+
+fn header_names(list: &[String]) -> Result<Vec<String>, String> {
+    list.iter()
+        .map(|h| {
+            http::HeaderName::from_bytes(h.trim().as_bytes())
+                .map(|n| n.as_str().to_string())
+                .map_err(|_| format!("{h:?} is not a header name"))
+        })
+        .collect()
+}
+
+pub fn parse_tokenizer_url(url: &str) -> Result<(bool, String, u16), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL like http://tokenizer.flycast"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{url:?}: scheme must be http or https")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url:?}: no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{url:?}: a tokenizer URL has no path"));
+    }
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok((tls, host, port))
+}
+
+fn make_route(
+    host: &str,
+    sealed: String,
+    params: BTreeMap<String, String>,
+    strip: Vec<String>,
+) -> Result<Route, String> {
+    let value = TokenizerHeader { sealed, params }.format();
+    let mut proxy_tokenizer = HeaderValue::from_str(&value)
+        .map_err(|_| "the sealed secret or params are not a valid header value".to_string())?;
+    proxy_tokenizer.set_sensitive(true);
+    let mut all = strip;
+    all.extend(header_names(
+        &ALWAYS_STRIP
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )?);
+    all.sort();
+    all.dedup();
+    Ok(Route {
+        host: host.to_string(),
+        proxy_tokenizer,
+        strip: all,
+    })
+}
+
+fn tokenizer_auth(env: Option<&str>, file: Option<&Path>) -> Result<Option<HeaderValue>, String> {
+    let secret = match (env, file) {
+        (None, None) => return Ok(None),
+        (Some(name), None) => {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+        }
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
+        }
+        (Some(_), Some(_)) => return Err("give auth_env or auth_file, not both".into()),
+    };
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", secret.trim()))
+        .map_err(|_| "the tokenizer credential is not a valid header value".to_string())?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
+/// Parse and validate the sidecar's section of a YAML config file.
+pub fn from_file(path: &Path) -> Result<Sidecar, String> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: cannot read: {e}"))?;
+    from_yaml(&text, &source)
+}
+
+/// Parse YAML text; `source` names it in errors. Relative CA paths stay relative to the
+/// working directory (like pingora's own paths).
+pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
+    let w = Where { source };
+    let file: File = serde_yaml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+    let s = file
+        .proxypilot
+        .ok_or_else(|| w.err("proxypilot", "missing section (listen, tokenizer, routes)"))?;
+
+    let listen = s
+        .listen
+        .unwrap_or_else(|| vec!["127.0.0.1:443".into(), "[::1]:443".into()]);
+    if listen.is_empty() {
+        return Err(w.err("proxypilot.listen", "needs at least one address"));
+    }
+    for (i, a) in listen.iter().enumerate() {
+        a.parse::<std::net::SocketAddr>().map_err(|_| {
+            w.err(
+                &format!("proxypilot.listen[{i}]"),
+                format!("{a:?} is not an address like 127.0.0.1:443 or [::1]:443"),
+            )
+        })?;
+    }
+    let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, String> {
+        match v {
+            None => Ok(default),
+            Some(v) => {
+                let d = parse_duration(&v).map_err(|e| w.err(key, e))?;
+                if d.is_zero() {
+                    return Err(w.err(key, "must be more than zero"));
+                }
+                Ok(d)
+            }
+        }
+    };
+    let leaf_lifetime = dur(
+        "proxypilot.leaf_lifetime",
+        s.leaf_lifetime,
+        Duration::from_secs(3600),
+    )?;
+    let read_timeout = dur(
+        "proxypilot.read_timeout",
+        s.read_timeout,
+        Duration::from_secs(600),
+    )?;
+    let ca_lifetime = dur(
+        "proxypilot.ca.lifetime",
+        s.ca.lifetime,
+        Duration::from_secs(3650 * 86400),
+    )?;
+    let ca = CaFiles {
+        cert: s.ca.cert.unwrap_or_else(|| PathBuf::from("certs/ca.pem")),
+        key: s
+            .ca
+            .key
+            .unwrap_or_else(|| PathBuf::from("certs/ca-key.pem")),
+        lifetime: ca_lifetime,
+    };
+
+    let (tls, host, port) =
+        parse_tokenizer_url(&s.tokenizer.url).map_err(|e| w.err("proxypilot.tokenizer.url", e))?;
+    let proxy_authorization = tokenizer_auth(
+        s.tokenizer.auth_env.as_deref(),
+        s.tokenizer.auth_file.as_deref(),
+    )
+    .map_err(|e| w.err("proxypilot.tokenizer", e))?;
+    let tokenizer = Tokenizer {
+        url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
+        tls,
+        host,
+        port,
+        proxy_authorization,
+        fly_src_optin: s.tokenizer.fly_src_optin,
+    };
+
+    let global_strip = header_names(
+        &s.strip_headers
+            .unwrap_or_else(|| DEFAULT_STRIP.iter().map(|h| h.to_string()).collect()),
+    )
+    .map_err(|e| w.err("proxypilot.strip_headers", e))?;
+    if s.routes.is_empty() {
+        return Err(w.err("proxypilot.routes", "needs at least one route"));
+    }
+    let mut routes = HashMap::new();
+    for (i, r) in s.routes.into_iter().enumerate() {
+        let key = format!("proxypilot.routes[{i}]");
+        let host = check_host(&r.host).map_err(|e| w.err(&format!("{key}.host"), e))?;
+        for p in r.params.keys() {
+            if !["dst", "fmt", "msg", "placeholder"].contains(&p.as_str()) {
+                return Err(w.err(
+                    &format!("{key}.params"),
+                    format!("unknown param {p:?} (known: dst, fmt, msg, placeholder)"),
+                ));
+            }
+        }
+        let sealed = read_secret(r.secret_env.as_deref(), r.secret_file.as_deref())
+            .map_err(|e| w.err(&key, e))?;
+        let mut strip = global_strip.clone();
+        strip.extend(
+            header_names(&r.strip_headers)
+                .map_err(|e| w.err(&format!("{key}.strip_headers"), e))?,
+        );
+        let route = make_route(&host, sealed, r.params, strip).map_err(|e| w.err(&key, e))?;
+        if routes.insert(host.clone(), Arc::new(route)).is_some() {
+            return Err(w.err(&format!("{key}.host"), format!("{host} is routed twice")));
+        }
+    }
+    Ok(Sidecar {
+        listen,
+        ca,
+        leaf_lifetime,
+        read_timeout,
+        tokenizer,
+        routes,
+        source: source.to_string(),
+    })
+}
+
+/// tlsproxy's drop-in environment: `TARGETS=host=ENV,...`, `PROXY`, `PORT`; CA in the working
+/// directory as `ca.pem`/`ca-key.pem`.
+pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String> {
+    let targets = get("TARGETS")
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            "no config file (-c) and TARGETS is not set: give -c conf/proxy.yaml, or set \
+         TARGETS=api.github.com=GH_TOKEN,... as for tlsproxy"
+                .to_string()
+        })?;
+    let port: u16 = match get("PORT") {
+        None => 443,
+        Some(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| format!("PORT: {p:?} is not a port number"))?,
+    };
+    let url = get("PROXY").unwrap_or_else(|| DEFAULT_TOKENIZER.to_string());
+    let (tls, host, tport) = parse_tokenizer_url(&url).map_err(|e| format!("PROXY: {e}"))?;
+    let strip = header_names(
+        &DEFAULT_STRIP
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    let mut routes = HashMap::new();
+    for item in targets.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (h, env) = item
+            .split_once('=')
+            .ok_or_else(|| format!("TARGETS: {item:?} is not host=ENV_VAR_NAME"))?;
+        let host = check_host(h).map_err(|e| format!("TARGETS: {e}"))?;
+        let env = env.trim();
+        let sealed = match get(env) {
+            None => {
+                return Err(format!(
+                    "TARGETS: environment variable {env} (for {host}) is not set"
+                ))
+            }
+            Some(v) => {
+                check_sealed(&v).map_err(|e| format!("TARGETS: environment variable {env} {e}"))?;
+                v.trim().to_string()
+            }
+        };
+        let route = make_route(&host, sealed, BTreeMap::new(), strip.clone())
+            .map_err(|e| format!("TARGETS: {host}: {e}"))?;
+        if routes.insert(host.clone(), Arc::new(route)).is_some() {
+            return Err(format!("TARGETS: {host} is listed twice"));
+        }
+    }
+    if routes.is_empty() {
+        return Err("TARGETS: no targets".into());
+    }
+    Ok(Sidecar {
+        listen: vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
+        ca: CaFiles {
+            cert: PathBuf::from("ca.pem"),
+            key: PathBuf::from("ca-key.pem"),
+            lifetime: Duration::from_secs(3650 * 86400),
+        },
+        leaf_lifetime: Duration::from_secs(3600),
+        read_timeout: Duration::from_secs(600),
+        tokenizer: Tokenizer {
+            url: format!(
+                "{}://{}:{}",
+                if tls { "https" } else { "http" },
+                host,
+                tport
+            ),
+            tls,
+            host,
+            port: tport,
+            proxy_authorization: None,
+            fly_src_optin: false,
+        },
+        routes,
+        source: "environment (TARGETS)".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEALED: &str = "IQ4cJ7Xk3f2SlhOEoYxZBsR1ZlSMkgZ4Cy2RJRHJ/VTjHjChQIIo+Nh71acWsORQuUZANtpZXIWZ/0Ork9k4jQoSNoRWyUk6tSB0ACvxYlWQ5LvFPDJTkBNrzqcG++XWiIE5iY9AEjKPDvs=";
+
+    fn yaml(routes: &str) -> String {
+        format!(
+            "version: 1\nthreads: 2\nproxypilot:\n  listen: [\"127.0.0.1:8443\"]\n  tokenizer:\n    url: http://127.0.0.1:8080\n  routes:\n{routes}"
+        )
+    }
+
+    #[test]
+    fn parses_a_route_from_env() {
+        std::env::set_var("PP_TEST_SEALED_A", SEALED);
+        let c = from_yaml(
+            &yaml("    - host: API.GitHub.com\n      secret_env: PP_TEST_SEALED_A\n      params: {dst: X-Api-Key}\n"), "t.yaml")
+        .unwrap();
+        let r = &c.routes["api.github.com"];
+        assert!(r.strip.contains(&"authorization".to_string()));
+        assert!(r.strip.contains(&"proxy-tokenizer".to_string()));
+        assert!(r.proxy_tokenizer.is_sensitive());
+        assert!(r
+            .proxy_tokenizer
+            .to_str()
+            .unwrap()
+            .ends_with("; {\"dst\":\"X-Api-Key\"}"));
+        assert_eq!(c.tokenizer.port, 8080);
+        assert!(!format!("{r:?}").contains(SEALED));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e = from_yaml(
+            &yaml("    - host: api.github.com\n      secret_env: PP_TEST_DEFINITELY_UNSET\n"),
+            "conf/x.yaml",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            "conf/x.yaml: proxypilot.routes[0]: environment variable PP_TEST_DEFINITELY_UNSET is not set"
+        );
+        let e = from_yaml(
+            &yaml("    - host: api.github.com\n      secret_evn: X\n"),
+            "conf/x.yaml",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("conf/x.yaml: ") && e.contains("secret_evn") && e.contains("line"),
+            "{e}"
+        );
+        std::env::set_var("PP_TEST_RAW_TOKEN", "ghp_realtoken_not_sealed");
+        let e = from_yaml(
+            &yaml("    - host: api.github.com\n      secret_env: PP_TEST_RAW_TOKEN\n"),
+            "c.yaml",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.contains("does not look like a sealed secret") && !e.contains("ghp_"),
+            "{e}"
+        );
+        let e = from_yaml(
+            &yaml("    - host: https://api.github.com\n      secret_env: X\n"),
+            "c.yaml",
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("routes[0].host"), "{e}");
+    }
+
+    #[test]
+    fn tlsproxy_environment() {
+        let env: HashMap<&str, &str> = [
+            (
+                "TARGETS",
+                "api.anthropic.com=ANTHROPIC_API_KEY,api.github.com=GH_TOKEN",
+            ),
+            ("ANTHROPIC_API_KEY", SEALED),
+            ("GH_TOKEN", SEALED),
+            ("PORT", "8443"),
+        ]
+        .into_iter()
+        .collect();
+        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.hosts(), vec!["api.anthropic.com", "api.github.com"]);
+        assert_eq!(c.listen, vec!["127.0.0.1:8443", "[::1]:8443"]);
+        assert_eq!(c.tokenizer.url, "http://tokenizer.flycast:80");
+        assert_eq!(c.ca.cert, PathBuf::from("ca.pem"));
+        let e = from_env(|k| (k == "TARGETS").then(|| "api.github.com=NOPE".to_string()))
+            .err()
+            .unwrap();
+        assert!(e.contains("NOPE") && e.contains("not set"), "{e}");
+    }
+
+    #[test]
+    fn tokenizer_urls() {
+        assert_eq!(
+            parse_tokenizer_url("https://tokenizer.fly.io").unwrap(),
+            (true, "tokenizer.fly.io".into(), 443)
+        );
+        assert_eq!(
+            parse_tokenizer_url("http://[::1]:9000").unwrap(),
+            (false, "::1".into(), 9000)
+        );
+        assert!(parse_tokenizer_url("ftp://x").is_err());
+        assert!(parse_tokenizer_url("http://x/path").is_err());
+    }
+}

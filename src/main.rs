@@ -1,0 +1,30 @@
+//! proxypilot: a sidecar that lets untrusted code call APIs with dummy credentials.
+//!
+//! The shell's clients speak TLS to the sidecar (certificates minted per SNI from its own CA);
+//! the sidecar drops the dummy credential and forwards each request through a tokenizer that
+//! opens a sealed secret and injects the real one. See README.md for the picture.
+
+mod authorize;
+mod ca;
+mod certstore;
+mod cli;
+mod config;
+mod flysrc;
+mod metrics;
+mod processor;
+mod proxy;
+mod reply;
+mod resolve;
+mod sealing;
+mod secret;
+mod tokenizer;
+
+fn main() {
+    env_logger::Builder::from_env(
+        env_logger::Env::default()
+            .default_filter_or("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"),
+    )
+    .format_timestamp_millis()
+    .init();
+    std::process::exit(cli::main());
+}

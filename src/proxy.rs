@@ -1,0 +1,415 @@
+//! The sidecar proxy: TLS in with a minted certificate, through the tokenizer, response out.
+//!
+//! Owns: the per-request path of `proxypilot serve`. The route is chosen once, from the TLS
+//! server name (SNI); the request must name the same host (HTTP/1 `Host`, HTTP/2 `:authority`)
+//! or it gets 421 and nothing is forwarded. The client's dummy credentials and any
+//! tokenizer-protocol headers it sent are removed, the route's sealed secret is added as
+//! `Proxy-Tokenizer`, and the request goes to the tokenizer as an absolute-form
+//! `http://HOST/path` over a pooled HTTP/1.1 connection. `https://localhost:PORT/` answers
+//! locally (CA certificate, health, metrics).
+//!
+//! Phases, in the order a request meets them:
+//! ```text
+//! request_filter          SNI + Host pinning -> route (stored in ctx), or 421; localhost answers
+//! upstream_peer           the tokenizer (address resolved asynchronously, cached)
+//! upstream_request_filter strip client credentials, absolute-form target, Host, Proxy-Tokenizer
+//! fail_to_proxy           the one error path: status + short reason
+//! logging                 one line per request, metrics
+//! ```
+//! Must not: forward a request whose Host differs from the SNI, forward the client's own
+//! credentials, or log a sealed secret.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use openssl::x509::X509;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::ALPN;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::certstore::{normalize, CertStore, ServerName, TlsCallbacks};
+use crate::config::{Route, Sidecar};
+use crate::metrics;
+use crate::reply::{self, refuse};
+use crate::resolve::CachedName;
+
+pub struct SidecarProxy {
+    cfg: Arc<Sidecar>,
+    store: Arc<CertStore>,
+    tokenizer_addr: CachedName,
+    /// Roots for an https:// tokenizer.
+    roots: Option<Arc<Box<[X509]>>>,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    route: Option<Arc<Route>>,
+    admin: bool,
+    started: Option<Instant>,
+    reason: Option<String>,
+}
+
+/// The host part of an authority (`api.github.com:8443` → `api.github.com`), normalized.
+fn host_of(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        a.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(h, _)| h)
+            .unwrap_or(a)
+    };
+    normalize(host)
+}
+
+/// The names a request gives for its target: the URI authority (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1 target) and every Host header.
+fn named_hosts(req: &RequestHeader) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    if let Some(a) = req.uri.authority() {
+        names.push(host_of(a.as_str()));
+    }
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute { authority, .. } => {
+            names.push(host_of(&String::from_utf8_lossy(authority)));
+        }
+        RawTargetAuthority::AmbiguousAuthority => return refuse(400, "ambiguous request target"),
+        RawTargetAuthority::None => {}
+    }
+    let hosts: Vec<_> = req.headers.get_all(http::header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return refuse(400, "more than one Host header");
+    }
+    for h in hosts {
+        let h = h
+            .to_str()
+            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "Host is not text"))?;
+        names.push(host_of(h));
+    }
+    if names.is_empty() {
+        return refuse(400, "missing Host header");
+    }
+    Ok(names)
+}
+
+impl SidecarProxy {
+    pub fn new(cfg: Arc<Sidecar>, store: Arc<CertStore>, roots: Option<Arc<Box<[X509]>>>) -> Self {
+        let tokenizer_addr = CachedName::new(
+            &cfg.tokenizer.host,
+            cfg.tokenizer.port,
+            Duration::from_secs(30),
+        );
+        SidecarProxy {
+            cfg,
+            store,
+            tokenizer_addr,
+            roots,
+        }
+    }
+
+    /// Answers for `https://localhost:PORT/...`: the CA certificate, health, metrics.
+    async fn admin(&self, session: &mut Session) -> Result<()> {
+        let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        if method != http::Method::GET && method != http::Method::HEAD {
+            reply::send_error(session, 405, "only GET and HEAD here").await;
+            return Ok(());
+        }
+        match path.as_str() {
+            "/ca-cert.pem" | "/ca.pem" => {
+                let pem = Bytes::from(self.store.ca().cert_pem.clone());
+                reply::send(
+                    session,
+                    200,
+                    "application/x-pem-file",
+                    pem,
+                    &[("Content-Disposition", "attachment; filename=\"ca.pem\"")],
+                )
+                .await
+            }
+            "/healthz" => reply::send(session, 200, "text/plain", Bytes::from("ok\n"), &[]).await,
+            "/metrics" => {
+                let body = Bytes::from(metrics::render());
+                reply::send(session, 200, "text/plain; version=0.0.4", body, &[]).await
+            }
+            _ => {
+                reply::send_error(
+                    session,
+                    404,
+                    "not found (try /ca-cert.pem, /healthz, /metrics)",
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SidecarProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            ..Default::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let sni = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<ServerName>())
+            .map(|s| s.0.clone());
+        let Some(sni) = sni else {
+            return refuse(
+                421,
+                "Misdirected Request: no TLS server name on this connection",
+            );
+        };
+        for name in named_hosts(session.req_header())? {
+            if name != sni {
+                metrics::MISDIRECTED.inc();
+                return refuse(
+                    421,
+                    format!(
+                        "Misdirected Request: host {name:?} does not match the TLS server name {sni:?}"
+                    ),
+                );
+            }
+        }
+        if sni == "localhost" {
+            ctx.admin = true;
+            self.admin(session).await?;
+            return Ok(true);
+        }
+        match self.cfg.routes.get(&sni) {
+            Some(route) => {
+                ctx.route = Some(route.clone());
+                Ok(false)
+            }
+            None => refuse(421, format!("Misdirected Request: {sni:?} is not routed")),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let t = &self.cfg.tokenizer;
+        let addr = self.tokenizer_addr.get().await.map_err(|e| {
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("tokenizer {}: {e}", t.url),
+            )
+        })?;
+        let sni = if t.tls { t.host.clone() } else { String::new() };
+        let mut peer = HttpPeer::new(addr, t.tls, sni);
+        let o = &mut peer.options;
+        o.alpn = ALPN::H1;
+        o.connection_timeout = Some(Duration::from_secs(5));
+        o.total_connection_timeout = Some(Duration::from_secs(10));
+        o.read_timeout = Some(self.cfg.read_timeout);
+        o.write_timeout = Some(self.cfg.read_timeout);
+        // Below the tokenizer's keep-alive so a pooled connection is not closed under a request.
+        o.idle_timeout = Some(Duration::from_secs(50));
+        if t.tls {
+            o.ca = self.roots.clone();
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let route = ctx.route.as_ref().expect("request_filter sets the route");
+        for h in &route.strip {
+            req.remove_header(h.as_str());
+        }
+        let pq = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or("/");
+        let target = format!("http://{}{}", route.host, pq);
+        req.set_raw_path(target.as_bytes())?;
+        req.insert_header(http::header::HOST, route.host.as_str())?;
+        req.insert_header("Proxy-Tokenizer", route.proxy_tokenizer.clone())?;
+        let t = &self.cfg.tokenizer;
+        if let Some(auth) = &t.proxy_authorization {
+            req.insert_header(http::header::PROXY_AUTHORIZATION, auth.clone())?;
+        }
+        if t.fly_src_optin {
+            req.insert_header("Fly-Src-Optin", "*")?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let what = format!("tokenizer {}", self.cfg.tokenizer.url);
+        let (code, reason) = reply::status_and_reason(e, &what);
+        if code > 0 {
+            reply::send_error(session, code, &reason).await;
+        }
+        ctx.reason = Some(reason);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        // `logging` writes one line per request, errors included.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route = match (&ctx.route, ctx.admin) {
+            (Some(r), _) => r.host.as_str(),
+            (None, true) => "localhost",
+            (None, false) => "-",
+        };
+        let secs = ctx
+            .started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::REQUESTS
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        metrics::REQUEST_SECONDS
+            .with_label_values(&[route])
+            .observe(secs);
+        let req = session.req_header();
+        let reason = ctx
+            .reason
+            .as_ref()
+            .map(|r| format!(" reason={r:?}"))
+            .unwrap_or_default();
+        let line = format!(
+            "{} {}{} {:?} status={} dur_ms={:.1}{}",
+            req.method,
+            route,
+            req.uri.path(),
+            req.version,
+            status,
+            secs * 1000.0,
+            reason
+        );
+        if (200..400).contains(&status) || ctx.admin {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+    }
+}
+
+/// Load (or create) the CA, then listen and serve until a signal stops the process.
+pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Result<(), String> {
+    let hosts = cfg.hosts();
+    if opt.test {
+        // Check only: never create or replace files.
+        if cfg.ca.cert.exists() || cfg.ca.key.exists() {
+            let ca = crate::ca::Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
+            if let Some(bad) = hosts.iter().find(|h| !ca.permits(h)) {
+                return Err(format!(
+                    "CA {} does not permit {bad} (run `proxypilot ca init --force`)",
+                    cfg.ca.cert.display()
+                ));
+            }
+        }
+        println!("{}: configuration OK ({} routes)", cfg.source, hosts.len());
+        return Ok(());
+    }
+    let (ca, _created) = cfg.ca.load_or_create(&hosts, recreate_ca)?;
+    let store = Arc::new(CertStore::new(
+        Arc::new(ca),
+        &hosts,
+        cfg.leaf_lifetime,
+        1024,
+    ));
+    let roots = if cfg.tokenizer.tls {
+        Some(Arc::new(
+            crate::tokenizer::upstream_roots(&[])?.into_boxed_slice(),
+        ))
+    } else {
+        None
+    };
+    let listen = cfg.listen.clone();
+    let mut tls_per_addr = Vec::new();
+    for addr in &listen {
+        let mut tls = TlsSettings::with_callbacks(Box::new(TlsCallbacks {
+            store: store.clone(),
+        }))
+        .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        tls.enable_h2();
+        tls_per_addr.push((addr.clone(), tls));
+    }
+    let cfg = Arc::new(cfg);
+    println!(
+        "proxypilot sidecar: listening on {} for {} -> tokenizer {}; CA {} (also at https://localhost:{}/ca-cert.pem)",
+        listen.join(", "),
+        hosts.join(", "),
+        cfg.tokenizer.url,
+        cfg.ca.cert.display(),
+        listen[0].rsplit(':').next().unwrap_or("443"),
+    );
+
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    let mut svc = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        SidecarProxy::new(cfg, store, roots),
+        "proxypilot sidecar",
+    );
+    for (addr, tls) in tls_per_addr {
+        svc.add_tls_with_settings(&addr, None, tls);
+    }
+    server.add_service(svc);
+    server.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_part_of_authorities() {
+        assert_eq!(host_of("api.github.com"), "api.github.com");
+        assert_eq!(host_of("API.github.com:8443"), "api.github.com");
+        assert_eq!(host_of("api.github.com."), "api.github.com");
+        assert_eq!(host_of("[::1]:443"), "::1");
+    }
+
+    #[test]
+    fn names_from_h1_and_h2_requests() {
+        let mut h1 = RequestHeader::build("GET", b"/user", None).unwrap();
+        h1.insert_header("Host", "api.github.com:8443").unwrap();
+        assert_eq!(named_hosts(&h1).unwrap(), vec!["api.github.com"]);
+        let mut abs = RequestHeader::build("GET", b"https://api.github.com/user", None).unwrap();
+        abs.insert_header("Host", "evil.example.com").unwrap();
+        assert_eq!(
+            named_hosts(&abs).unwrap(),
+            vec!["api.github.com", "evil.example.com"]
+        );
+        let none = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(named_hosts(&none).is_err());
+        let mut two = RequestHeader::build("GET", b"/", None).unwrap();
+        two.append_header("Host", "a").unwrap();
+        two.append_header("Host", "b").unwrap();
+        assert!(named_hosts(&two).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Local answers: the one way both proxies write a response they make themselves.
+//!
+//! Owns: turning a pingora error into a status and a short plain-text reason (the single error
+//! path of `fail_to_proxy`), and writing small local bodies (errors, the CA certificate,
+//! health, metrics).
+//! Must not: put a header value, a sealed secret or a token into a reason.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Refuse a request with `status` and a reason the client may read.
+pub fn refuse<T>(status: u16, reason: impl Into<String>) -> Result<T> {
+    Err(Error::explain(ErrorType::HTTPStatus(status), reason.into()))
+}
+
+/// The status and reason for any error that ends a request; `what` names the upstream.
+pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
+    let context = e.context.as_ref().map(|c| c.as_str().to_string());
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, context.unwrap_or_default()),
+        etype => match e.esource() {
+            ErrorSource::Upstream => {
+                let why = match etype {
+                    ErrorType::ConnectTimedout => "connect timed out",
+                    ErrorType::ConnectRefused => "connection refused",
+                    ErrorType::ConnectNoRoute => "no route",
+                    ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => {
+                        "TLS handshake failed"
+                    }
+                    ErrorType::TLSHandshakeTimedout => "TLS handshake timed out",
+                    ErrorType::InvalidCert => "invalid certificate",
+                    ErrorType::ReadTimedout => "read timed out",
+                    ErrorType::WriteTimedout => "write timed out",
+                    ErrorType::ConnectionClosed => "connection closed",
+                    _ => etype.as_str(),
+                };
+                let root = e.root_cause().to_string();
+                let detail = if root.is_empty() || root == why || root.contains(etype.as_str()) {
+                    String::new()
+                } else {
+                    format!(" ({root})")
+                };
+                (502, format!("{what}: {why}{detail}"))
+            }
+            ErrorSource::Downstream => match etype {
+                ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout => (0, "client went away".into()),
+                _ => (400, format!("bad request: {}", etype.as_str())),
+            },
+            _ => (500, format!("internal error: {}", etype.as_str())),
+        },
+    }
+}
+
+/// Write a small complete response. `extra` headers are added as given.
+pub async fn send(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("Content-Type", content_type)?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(k.to_string(), *v)?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Write a plain-text error: `reason` plus a newline.
+pub async fn send_error(session: &mut Session, status: u16, reason: &str) {
+    let body = Bytes::from(format!("{reason}\n"));
+    if let Err(e) = send(session, status, "text/plain; charset=utf-8", body, &[]).await {
+        log::debug!("could not send the {status} answer: {e}");
+    }
+}

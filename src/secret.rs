@@ -1,0 +1,553 @@
+//! The secret JSON model of the tokenizer protocol and its rules.
+//!
+//! Owns: the wire form of a sealed secret (processors, auths, request validators, with the
+//! reference's key names and encodings), the check that a secret has exactly one processor and
+//! one auth, the `fmt`/`dst` rules, and a redacted one-line summary for logs.
+//! Must not: expose a token, HMAC key or digest through `Debug`, `Display` or errors.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use zeroize::Zeroizing;
+
+use crate::sealing::Params;
+
+/// Processors that exist in the reference tokenizer but are not implemented here.
+const UNSUPPORTED_PROCESSORS: &[&str] = &[
+    "oauth2_processor",
+    "oauth2_body_processor",
+    "sigv4_processor",
+    "jwt_processor",
+    "client_credentials_processor",
+    "multi_processor",
+];
+/// Auths that exist in the reference tokenizer but are not implemented here.
+const UNSUPPORTED_AUTHS: &[&str] = &["macaroon_auth", "flyio_macaroon_auth"];
+
+/// Go encodes `[]byte` as standard base64; this wraps such a field.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct B64Bytes(pub Zeroizing<Vec<u8>>);
+
+impl Serialize for B64Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(&self.0[..]))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Option::<Zeroizing<String>>::deserialize(d)?;
+        match s {
+            None => Ok(B64Bytes::default()),
+            Some(s) => B64
+                .decode(s.trim())
+                .map(|v| B64Bytes(Zeroizing::new(v)))
+                .map_err(|_| serde::de::Error::custom("invalid base64 in a binary field")),
+        }
+    }
+}
+
+/// Go's `[]string` may arrive as `null`; both null and absent mean "empty".
+fn null_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `fmt`/`allowed_fmt` and `dst`/`allowed_dst`, shared by the injecting processors.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, Debug)]
+pub struct FmtDst {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fmt: String,
+    #[serde(
+        default,
+        deserialize_with = "null_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allowed_fmt: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dst: String,
+    #[serde(
+        default,
+        deserialize_with = "null_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allowed_dst: Vec<String>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectProcessor {
+    #[serde(default)]
+    pub token: Zeroizing<String>,
+    #[serde(flatten)]
+    pub fmt_dst: FmtDst,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectHmacProcessor {
+    #[serde(default)]
+    pub key: B64Bytes,
+    #[serde(default)]
+    pub hash: String,
+    #[serde(flatten)]
+    pub fmt_dst: FmtDst,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectBodyProcessor {
+    #[serde(default)]
+    pub token: Zeroizing<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub placeholder: String,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, Debug)]
+pub struct NoAuth {}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BearerAuth {
+    /// base64 of sha256(password)
+    #[serde(default)]
+    pub digest: B64Bytes,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, Debug)]
+pub struct FlySrcAuth {
+    #[serde(default, deserialize_with = "null_list")]
+    pub allowed_orgs: Vec<String>,
+    #[serde(default, deserialize_with = "null_list")]
+    pub allowed_apps: Vec<String>,
+    #[serde(default, deserialize_with = "null_list")]
+    pub allowed_instances: Vec<String>,
+}
+
+/// The secret as it travels inside a sealed box. Unknown keys are kept by name only so that a
+/// known-but-unsupported processor or auth gets a precise refusal.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Secret {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_processor: Option<InjectProcessor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_hmac_processor: Option<InjectHmacProcessor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_body_processor: Option<InjectBodyProcessor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_auth: Option<NoAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_auth: Option<BearerAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fly_src_auth: Option<FlySrcAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_host_pattern: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Why a secret or a request for it was refused. The text is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretError {
+    /// 400: a malformed secret, bad params, or a failed validator.
+    BadRequest(String),
+    /// 407: the request is not authorized to use this secret.
+    NotAuthorized(String),
+    /// 400 here: a processor or auth the reference has but this tokenizer does not implement.
+    Unsupported(String),
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretError::BadRequest(m)
+            | SecretError::NotAuthorized(m)
+            | SecretError::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> SecretError {
+    SecretError::BadRequest(msg.into())
+}
+
+/// A checked secret: exactly one processor and one auth.
+pub struct Checked {
+    pub processor: Processor,
+    pub auth: Auth,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_host_pattern: Option<regex::Regex>,
+}
+
+pub enum Processor {
+    Inject(InjectProcessor),
+    Hmac(InjectHmacProcessor),
+    Body(InjectBodyProcessor),
+}
+
+pub enum Auth {
+    None,
+    Bearer(BearerAuth),
+    FlySrc(FlySrcAuth),
+}
+
+impl Secret {
+    /// Parse the opened JSON. The error never quotes the input.
+    pub fn from_json(json: &[u8]) -> Result<Secret, SecretError> {
+        serde_json::from_slice(json).map_err(|e| {
+            // serde_json's messages name types and positions, never values of strings we hold.
+            bad(format!(
+                "bad secret json: {}",
+                e.to_string().split(" at line").next().unwrap_or("")
+            ))
+        })
+    }
+
+    pub fn to_json(&self) -> Zeroizing<String> {
+        Zeroizing::new(serde_json::to_string(self).expect("secret serializes"))
+    }
+
+    /// Enforce "exactly one processor, exactly one auth" and compile validators.
+    pub fn check(self) -> Result<Checked, SecretError> {
+        let unsupported_p: Vec<&str> = UNSUPPORTED_PROCESSORS
+            .iter()
+            .copied()
+            .filter(|k| self.other.get(*k).is_some_and(|v| !v.is_null()))
+            .collect();
+        let unsupported_a: Vec<&str> = UNSUPPORTED_AUTHS
+            .iter()
+            .copied()
+            .filter(|k| self.other.get(*k).is_some_and(|v| !v.is_null()))
+            .collect();
+
+        let mut processors = Vec::new();
+        if let Some(p) = self.inject_processor {
+            processors.push(Processor::Inject(p));
+        }
+        if let Some(p) = self.inject_hmac_processor {
+            processors.push(Processor::Hmac(p));
+        }
+        if let Some(p) = self.inject_body_processor {
+            processors.push(Processor::Body(p));
+        }
+        let n_proc = processors.len() + unsupported_p.len();
+        if n_proc != 1 {
+            return Err(bad(format!(
+                "bad secret: expected exactly one processor, found {n_proc}"
+            )));
+        }
+        if let Some(name) = unsupported_p.first() {
+            return Err(SecretError::Unsupported(format!(
+                "bad secret: processor {name} is not supported by this tokenizer"
+            )));
+        }
+
+        let mut auths = Vec::new();
+        if self.no_auth.is_some() {
+            auths.push(Auth::None);
+        }
+        if let Some(a) = self.bearer_auth {
+            auths.push(Auth::Bearer(a));
+        }
+        if let Some(a) = self.fly_src_auth {
+            auths.push(Auth::FlySrc(a));
+        }
+        let n_auth = auths.len() + unsupported_a.len();
+        if n_auth != 1 {
+            return Err(bad(format!(
+                "bad secret: expected exactly one auth, found {n_auth}"
+            )));
+        }
+        if let Some(name) = unsupported_a.first() {
+            return Err(SecretError::Unsupported(format!(
+                "bad secret: auth {name} is not supported by this tokenizer"
+            )));
+        }
+
+        let allowed_host_pattern = match self.allowed_host_pattern.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(
+                regex::Regex::new(p)
+                    .map_err(|_| bad("bad secret: allowed_host_pattern is not a valid regex"))?,
+            ),
+        };
+        Ok(Checked {
+            processor: processors.pop().expect("one processor"),
+            auth: auths.pop().expect("one auth"),
+            allowed_hosts: self.allowed_hosts,
+            allowed_host_pattern,
+        })
+    }
+}
+
+impl Checked {
+    /// Request validators: `allowed_hosts` (exact) and `allowed_host_pattern` (regex) on Host.
+    pub fn validate_host(&self, host: &str) -> Result<(), SecretError> {
+        if let Some(hosts) = &self.allowed_hosts {
+            if !hosts.iter().any(|h| h == host) {
+                return Err(bad(format!(
+                    "request validator failed: host {host:?} not allowed for this secret"
+                )));
+            }
+        }
+        if let Some(re) = &self.allowed_host_pattern {
+            if !re.is_match(host) {
+                return Err(bad(format!(
+                    "request validator failed: host {host:?} does not match the allowed pattern"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Non-secret parts only, for logs: processor kind, dst/fmt, auth kind, validators.
+    pub fn summary(&self) -> String {
+        let proc = match &self.processor {
+            Processor::Inject(p) => format!("inject{}", fmt_dst_summary(&p.fmt_dst)),
+            Processor::Hmac(p) => format!("inject_hmac({}){}", p.hash, fmt_dst_summary(&p.fmt_dst)),
+            Processor::Body(_) => "inject_body".to_string(),
+        };
+        let auth = match &self.auth {
+            Auth::None => "no_auth".to_string(),
+            Auth::Bearer(_) => "bearer_auth".to_string(),
+            Auth::FlySrc(a) => format!(
+                "fly_src_auth(orgs={:?},apps={:?},instances={:?})",
+                a.allowed_orgs, a.allowed_apps, a.allowed_instances
+            ),
+        };
+        let mut s = format!("{proc} {auth}");
+        if let Some(h) = &self.allowed_hosts {
+            s.push_str(&format!(" allowed_hosts={h:?}"));
+        }
+        if let Some(p) = &self.allowed_host_pattern {
+            s.push_str(&format!(" allowed_host_pattern={:?}", p.as_str()));
+        }
+        s
+    }
+}
+
+fn fmt_dst_summary(fd: &FmtDst) -> String {
+    let mut s = String::new();
+    if !fd.dst.is_empty() {
+        s.push_str(&format!(" dst={}", fd.dst));
+    }
+    if !fd.fmt.is_empty() {
+        s.push_str(&format!(" fmt={:?}", fd.fmt));
+    }
+    s
+}
+
+/// The value to format: a string token (`%s`) or binary bytes (`%x`/`%X`).
+pub enum FmtArg<'a> {
+    Str(&'a str),
+    Bin(&'a [u8]),
+}
+
+impl FmtDst {
+    /// Choose and check the format (param, else fixed, else first allowed, else the default),
+    /// then apply it. Exactly one directive; `%s` for strings, `%x`/`%X` for binary.
+    pub fn apply_fmt(&self, params: &Params, arg: FmtArg<'_>) -> Result<String, SecretError> {
+        let binary = matches!(arg, FmtArg::Bin(_));
+        let format: &str = match params.get("fmt") {
+            Some(f) => f,
+            None if !self.fmt.is_empty() => &self.fmt,
+            None if !self.allowed_fmt.is_empty() => &self.allowed_fmt[0],
+            None if binary => "Bearer %x",
+            None => "Bearer %s",
+        };
+        let bad_fmt = || bad("bad fmt");
+        if !self.fmt.is_empty() && format != self.fmt {
+            return Err(bad_fmt());
+        }
+        if !self.allowed_fmt.is_empty() && !self.allowed_fmt.iter().any(|f| f == format) {
+            return Err(bad_fmt());
+        }
+        let i = format.find('%').ok_or_else(bad_fmt)?;
+        let directive = format.as_bytes().get(i + 1).copied().ok_or_else(bad_fmt)?;
+        let rest = &format[i + 2..];
+        if rest.contains('%') {
+            return Err(bad_fmt());
+        }
+        let value = match (directive, arg) {
+            (b's', FmtArg::Str(s)) => s.to_string(),
+            (b'x', FmtArg::Bin(b)) => hex::encode(b),
+            (b'X', FmtArg::Bin(b)) => hex::encode_upper(b),
+            _ => return Err(bad_fmt()),
+        };
+        Ok(format!("{}{}{}", &format[..i], value, rest))
+    }
+
+    /// Choose and check the destination header (param, else fixed, else first allowed, else
+    /// `Authorization`). Names compare canonically (case-insensitively).
+    pub fn choose_dst(&self, params: &Params) -> Result<String, SecretError> {
+        let dst: &str = match params.get("dst") {
+            Some(d) => d,
+            None if !self.dst.is_empty() => &self.dst,
+            None if !self.allowed_dst.is_empty() => &self.allowed_dst[0],
+            None => "Authorization",
+        };
+        if !self.dst.is_empty() && !self.dst.eq_ignore_ascii_case(dst) {
+            return Err(bad("bad dst"));
+        }
+        if !self.allowed_dst.is_empty()
+            && !self.allowed_dst.iter().any(|a| a.eq_ignore_ascii_case(dst))
+        {
+            return Err(bad("bad dst"));
+        }
+        http::HeaderName::from_bytes(dst.as_bytes()).map_err(|_| bad("bad dst"))?;
+        Ok(canonical_header_name(dst))
+    }
+}
+
+/// Go's `CanonicalMIMEHeaderKey`: `x-api-key` becomes `X-Api-Key`.
+pub fn canonical_header_name(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kv: &[(&str, &str)]) -> Params {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn exactly_one_processor_and_auth() {
+        let two_auths =
+            br#"{"inject_processor":{"token":"t"},"no_auth":{},"bearer_auth":{"digest":"AAAA"}}"#;
+        let e = Secret::from_json(two_auths).unwrap().check().err().unwrap();
+        assert!(matches!(e, SecretError::BadRequest(ref m) if m.contains("exactly one auth")));
+        let two_procs = br#"{"inject_processor":{"token":"t"},"inject_body_processor":{"token":"u"},"no_auth":{}}"#;
+        let e = Secret::from_json(two_procs).unwrap().check().err().unwrap();
+        assert!(e.to_string().contains("exactly one processor"));
+        let none = br#"{"no_auth":{}}"#;
+        assert!(Secret::from_json(none).unwrap().check().is_err());
+        let oauth = br#"{"oauth2_processor":{"token":{"access_token":"x"}},"no_auth":{}}"#;
+        let e = Secret::from_json(oauth).unwrap().check().err().unwrap();
+        assert!(e.to_string().contains("oauth2_processor is not supported"));
+    }
+
+    #[test]
+    fn null_lists_and_unknown_keys_accepted() {
+        let j = br#"{"inject_processor":{"token":"t","allowed_dst":null},"fly_src_auth":{"allowed_orgs":["o"],"allowed_apps":null,"allowed_instances":null},"allowed_hosts":null,"future_key":42}"#;
+        let c = Secret::from_json(j).unwrap().check().unwrap();
+        match c.auth {
+            Auth::FlySrc(a) => {
+                assert_eq!(a.allowed_orgs, vec!["o"]);
+                assert!(a.allowed_apps.is_empty());
+            }
+            _ => panic!("wrong auth"),
+        }
+        assert!(c.allowed_hosts.is_none());
+    }
+
+    #[test]
+    fn fmt_rules() {
+        let fd = FmtDst::default();
+        let p = Params::new();
+        assert_eq!(fd.apply_fmt(&p, FmtArg::Str("tok")).unwrap(), "Bearer tok");
+        assert_eq!(
+            fd.apply_fmt(&p, FmtArg::Bin(&[0xab, 0x01])).unwrap(),
+            "Bearer ab01"
+        );
+        let up = params(&[("fmt", "sig=%X")]);
+        assert_eq!(fd.apply_fmt(&up, FmtArg::Bin(&[0xab])).unwrap(), "sig=AB");
+        for f in ["%s %s", "%d", "none", "trailing%", "%%s", "a%sb%"] {
+            assert!(
+                fd.apply_fmt(&params(&[("fmt", f)]), FmtArg::Str("t"))
+                    .is_err(),
+                "{f}"
+            );
+        }
+        // %s on binary and %x on strings are refused
+        assert!(fd
+            .apply_fmt(&params(&[("fmt", "%s")]), FmtArg::Bin(b"x"))
+            .is_err());
+        assert!(fd
+            .apply_fmt(&params(&[("fmt", "%x")]), FmtArg::Str("x"))
+            .is_err());
+        // fixed fmt must match the param
+        let fixed = FmtDst {
+            fmt: "%s".into(),
+            ..Default::default()
+        };
+        assert_eq!(fixed.apply_fmt(&p, FmtArg::Str("t")).unwrap(), "t");
+        assert!(fixed
+            .apply_fmt(&params(&[("fmt", "Bearer %s")]), FmtArg::Str("t"))
+            .is_err());
+        // allowed list: first is the default, others must be listed exactly
+        let allowed = FmtDst {
+            allowed_fmt: vec!["Bearer %s".into(), "token=%s".into()],
+            ..Default::default()
+        };
+        assert_eq!(allowed.apply_fmt(&p, FmtArg::Str("t")).unwrap(), "Bearer t");
+        assert_eq!(
+            allowed
+                .apply_fmt(&params(&[("fmt", "token=%s")]), FmtArg::Str("t"))
+                .unwrap(),
+            "token=t"
+        );
+        assert!(allowed
+            .apply_fmt(&params(&[("fmt", "x=%s")]), FmtArg::Str("t"))
+            .is_err());
+    }
+
+    #[test]
+    fn dst_rules() {
+        let p = Params::new();
+        assert_eq!(FmtDst::default().choose_dst(&p).unwrap(), "Authorization");
+        let fixed = FmtDst {
+            dst: "x-api-key".into(),
+            ..Default::default()
+        };
+        assert_eq!(fixed.choose_dst(&p).unwrap(), "X-Api-Key");
+        assert!(fixed.choose_dst(&params(&[("dst", "X-Api-Key")])).is_ok());
+        assert!(fixed.choose_dst(&params(&[("dst", "Other")])).is_err());
+        let allowed = FmtDst {
+            allowed_dst: vec!["X-Stripe-Token".into(), "Authorization".into()],
+            ..Default::default()
+        };
+        assert_eq!(allowed.choose_dst(&p).unwrap(), "X-Stripe-Token");
+        assert!(allowed
+            .choose_dst(&params(&[("dst", "authorization")]))
+            .is_ok());
+        assert!(allowed.choose_dst(&params(&[("dst", "Other")])).is_err());
+    }
+
+    #[test]
+    fn host_validators() {
+        let j = br#"{"inject_processor":{"token":"t"},"no_auth":{},"allowed_hosts":["api.github.com"],"allowed_host_pattern":"^api\\.github\\.com$"}"#;
+        let c = Secret::from_json(j).unwrap().check().unwrap();
+        assert!(c.validate_host("api.github.com").is_ok());
+        assert!(c.validate_host("api.github.com.evil.io").is_err());
+    }
+
+    #[test]
+    fn summary_and_errors_hide_secrets() {
+        let j = br#"{"inject_processor":{"token":"SUPERSECRET","dst":"X"},"bearer_auth":{"digest":"IDtwta6IOTIWG70L3tk1fnY+Y6/OmLFiML4z8LlMLMU="}}"#;
+        let c = Secret::from_json(j).unwrap().check().unwrap();
+        let s = c.summary();
+        assert!(
+            s.contains("inject dst=X") && s.contains("bearer_auth"),
+            "{s}"
+        );
+        assert!(!s.contains("SUPERSECRET") && !s.contains("IDtwta"), "{s}");
+        let e = Secret::from_json(br#"{"inject_processor":{"token":SUPERSECRET}}"#)
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("SUPERSECRET"), "{e}");
+    }
+}

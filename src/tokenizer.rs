@@ -1,0 +1,542 @@
+//! The tokenizer: an HTTP forward proxy that opens sealed secrets and injects real credentials.
+//!
+//! Owns: the request side of the reference wire protocol — target from an absolute-form URI (or
+//! origin-form + Host), every `Proxy-Tokenizer` header opened, authorized, validated and turned
+//! into edits, then the request re-sent over TLS to the real host (port 80/none → 443, 443
+//! refused) with the tokenizer's own headers removed. Unlike the reference it keeps client
+//! connections alive and pools upstream connections.
+//!
+//! Phases, in the order a request meets them:
+//! ```text
+//! request_filter         target, Fly-Src, open + authorize + validate every secret, plan edits
+//!                        (reads the body first only for HMAC-of-body)
+//! upstream_peer          pins (--connect-to) or DNS, SSRF guard on the resolved address, TLS peer
+//! upstream_request_filter origin-form target, Host, strip tokenizer headers, apply header edits
+//! request_body_filter    streaming placeholder replacement
+//! fail_to_proxy          the one error path: status + short reason + log line
+//! logging                one line per request with the secrets' non-secret parts
+//! ```
+//! Must not: log or return a token, a sealed secret, a Proxy-Authorization value or a key.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ipnet::IpNet;
+use openssl::x509::X509;
+use pingora_core::protocols::ALPN;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_http::RequestHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use zeroize::Zeroizing;
+
+use crate::authorize::{authorize, Credentials};
+use crate::flysrc::{FlySrc, Verifier25519};
+use crate::processor::{hmac_header, plan, Edit, StreamReplace};
+use crate::reply::{self, refuse};
+use crate::resolve::{forbidden, lookup, ConnectTo, NameCache};
+use crate::sealing::{OpenKey, TokenizerHeader};
+use crate::secret::{Secret, SecretError};
+
+pub const HEADER: &str = "Proxy-Tokenizer";
+/// Largest body the tokenizer reads whole to compute an HMAC over it.
+pub const HMAC_BODY_LIMIT: usize = 64 * 1024;
+
+/// Runtime settings, validated once at start.
+pub struct Settings {
+    pub open_key: OpenKey,
+    pub listen: Vec<String>,
+    /// Extra headers removed from every request (lower case), beyond Proxy-Tokenizer and
+    /// Proxy-Authorization.
+    pub filtered_headers: Vec<String>,
+    pub open_proxy: bool,
+    pub require_fly_src: bool,
+    pub fly_src: Option<Verifier25519>,
+    /// Names and addresses of this tokenizer; origin-form requests for them are circular.
+    pub hostnames: Vec<String>,
+    pub connect_to: Vec<ConnectTo>,
+    /// Roots trusted for upstream TLS: the system store plus any `--upstream-ca`.
+    pub upstream_roots: Arc<Box<[X509]>>,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub threads: usize,
+}
+
+pub struct Tokenizer {
+    settings: Arc<Settings>,
+    names: NameCache,
+}
+
+/// Where a request goes: `host` (no port) is dialled on `port` with TLS; `authority` is the
+/// Host the client named (host, or host:port) and is what validators see.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    authority: String,
+    port: u16,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    target: Option<Target>,
+    headers: Vec<(String, Zeroizing<String>)>,
+    body: Vec<StreamReplace>,
+    secrets: Vec<String>,
+    fly_src: Option<FlySrc>,
+    started: Option<Instant>,
+    reason: Option<String>,
+}
+
+fn bad_request<T>(msg: impl Into<String>) -> Result<T> {
+    refuse(400, msg)
+}
+
+fn secret_error<T>(e: SecretError) -> Result<T> {
+    match e {
+        SecretError::BadRequest(m) | SecretError::Unsupported(m) => refuse(400, m),
+        SecretError::NotAuthorized(m) => refuse(407, m),
+    }
+}
+
+/// Split an authority into host and port; IPv6 literals keep their brackets off.
+fn split_authority(authority: &str) -> Result<(String, Option<u16>)> {
+    let uri_auth: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?;
+    if uri_auth.as_str().contains('@') {
+        return bad_request("bad host: userinfo is not allowed");
+    }
+    let host = uri_auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return bad_request("must specify host");
+    }
+    Ok((host, uri_auth.port_u16()))
+}
+
+impl Tokenizer {
+    pub fn new(settings: Settings) -> Self {
+        Tokenizer {
+            settings: Arc::new(settings),
+            names: NameCache::default(),
+        }
+    }
+
+    /// The target of a request: absolute-form `http://host[:port]/...`, or origin-form + Host.
+    fn target(&self, req: &RequestHeader) -> Result<Target> {
+        if req.method == http::Method::CONNECT {
+            return bad_request(
+                "CONNECT is not supported: send plain http:// requests through this proxy",
+            );
+        }
+        let authority = match raw_target_authority(req.raw_path()) {
+            RawTargetAuthority::Absolute {
+                scheme, authority, ..
+            } => {
+                if !scheme.eq_ignore_ascii_case(b"http") {
+                    return bad_request("proxied request must be HTTP");
+                }
+                String::from_utf8(authority.to_vec())
+                    .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?
+            }
+            RawTargetAuthority::AmbiguousAuthority => {
+                return bad_request("ambiguous request target");
+            }
+            RawTargetAuthority::None => {
+                let hosts: Vec<_> = req.headers.get_all(http::header::HOST).iter().collect();
+                if hosts.len() != 1 {
+                    return bad_request("must specify exactly one host");
+                }
+                let host = hosts[0]
+                    .to_str()
+                    .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?;
+                let (bare, _) = split_authority(host)?;
+                if self
+                    .settings
+                    .hostnames
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(&bare))
+                {
+                    return bad_request("circular request");
+                }
+                host.to_string()
+            }
+        };
+        let (host, port) = split_authority(&authority)?;
+        let port = match port {
+            None | Some(80) => 443,
+            Some(443) => return bad_request("proxied request must be HTTP (port 443 refused)"),
+            Some(p) => p,
+        };
+        Ok(Target {
+            host,
+            authority,
+            port,
+        })
+    }
+
+    /// A Fly-Src that verifies, or why the one present did not (None, None when absent).
+    fn fly_src(&self, session: &Session) -> (Option<FlySrc>, Option<String>) {
+        let value = session.get_header("fly-src");
+        let Some(value) = value else {
+            return (None, None);
+        };
+        let Some(verifier) = &self.settings.fly_src else {
+            return (None, Some("Fly-Src verification is not configured".into()));
+        };
+        let source = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match source {
+            Some(ip) if verifier.trusts_source(ip) => {}
+            _ => return (None, Some("Fly-Src from an untrusted network".into())),
+        }
+        let sig = session
+            .get_header("fly-src-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match value.to_str() {
+            Ok(v) => match verifier.verify(v, sig, SystemTime::now()) {
+                Ok(src) => (Some(src), None),
+                Err(e) => (None, Some(e)),
+            },
+            Err(_) => (None, Some("malformed Fly-Src".into())),
+        }
+    }
+
+    async fn resolve(&self, t: &Target) -> Result<SocketAddr> {
+        for pin in &self.settings.connect_to {
+            if let Some((addr, port)) = pin.apply(&t.host, t.port) {
+                // The operator named this address explicitly: no SSRF guard.
+                let addrs = lookup(&addr, port)
+                    .await
+                    .map_err(|e| Error::explain(ErrorType::HTTPStatus(502), e))?;
+                return Ok(addrs[0]);
+            }
+        }
+        let addrs = self
+            .names
+            .lookup(&t.host, t.port)
+            .await
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(502), e))?;
+        let mut denied = None;
+        for a in &addrs {
+            match forbidden(a.ip()) {
+                None => return Ok(*a),
+                Some(why) => denied = Some((why, *a)),
+            }
+        }
+        let (why, a) = denied.expect("lookup returns at least one address");
+        bad_request(format!("dialing {why} address {a} denied"))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Tokenizer {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Some(Instant::now()),
+            ..Default::default()
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let target = self.target(session.req_header())?;
+        ctx.target = Some(target.clone());
+
+        let (fly_src, fly_src_error) = self.fly_src(session);
+        if self.settings.require_fly_src && fly_src.is_none() {
+            return bad_request(format!(
+                "a valid Fly-Src is required: {}",
+                fly_src_error.as_deref().unwrap_or("none present")
+            ));
+        }
+
+        let req = session.req_header();
+        let proxy_auth: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::PROXY_AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let creds = Credentials {
+            proxy_authorization: proxy_auth,
+            fly_src: fly_src.as_ref(),
+            fly_src_error: fly_src_error.as_deref(),
+        };
+
+        let mut hmac_jobs = Vec::new();
+        for value in req.headers.get_all(HEADER).iter() {
+            let value = value
+                .to_str()
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad tokenizer header"))?;
+            let header = TokenizerHeader::parse(value).or_else(bad_request)?;
+            let json = self
+                .settings
+                .open_key
+                .open(&header.sealed)
+                .or_else(|e| bad_request(e.to_string()))?;
+            let checked = Secret::from_json(&json)
+                .and_then(Secret::check)
+                .or_else(secret_error)?;
+            ctx.secrets.push(checked.summary());
+            authorize(&checked.auth, &creds).or_else(secret_error)?;
+            checked
+                .validate_host(&target.authority)
+                .or_else(secret_error)?;
+            match plan(checked.processor, &header.params).or_else(secret_error)? {
+                Edit::Header { name, value } => ctx.headers.push((name, value)),
+                Edit::Body(r) => ctx.body.push(r),
+                Edit::HmacOfBody { processor, params } => hmac_jobs.push((processor, params)),
+            }
+        }
+        if ctx.secrets.is_empty() && !self.settings.open_proxy {
+            return bad_request("no Proxy-Tokenizer header (this tokenizer is not an open proxy)");
+        }
+        ctx.fly_src = fly_src;
+
+        if !hmac_jobs.is_empty() {
+            // The HMAC covers the verbatim body, so read it whole (bounded) before forwarding.
+            // Retry buffering keeps the bytes for pingora to send upstream afterwards.
+            session.enable_retry_buffering();
+            let mut body = Vec::new();
+            while let Some(chunk) = session.read_request_body().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() > HMAC_BODY_LIMIT {
+                    return refuse(
+                        413,
+                        format!(
+                            "request body too large to sign (limit {} KiB)",
+                            HMAC_BODY_LIMIT / 1024
+                        ),
+                    );
+                }
+            }
+            for (p, params) in hmac_jobs {
+                match hmac_header(&p, &params, &body).or_else(secret_error)? {
+                    Edit::Header { name, value } => ctx.headers.push((name, value)),
+                    _ => unreachable!("hmac_header only makes header edits"),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let target = ctx.target.as_ref().expect("request_filter sets the target");
+        let addr = self.resolve(target).await?;
+        let mut peer = HttpPeer::new(addr, true, target.host.clone());
+        let o = &mut peer.options;
+        o.ca = Some(self.settings.upstream_roots.clone());
+        o.alpn = ALPN::H1;
+        o.connection_timeout = Some(Duration::from_secs(10));
+        o.total_connection_timeout = Some(Duration::from_secs(15));
+        o.read_timeout = Some(self.settings.read_timeout);
+        o.write_timeout = Some(self.settings.read_timeout);
+        o.idle_timeout = Some(self.settings.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let target = ctx.target.as_ref().expect("request_filter sets the target");
+        let path = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or_else(|| "/".to_string());
+        req.set_uri(
+            path.parse()
+                .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad request target"))?,
+        );
+        req.insert_header(http::header::HOST, target.authority.as_str())?;
+        req.remove_header(HEADER);
+        req.remove_header("proxy-authorization");
+        for h in &self.settings.filtered_headers {
+            req.remove_header(h.as_str());
+        }
+        for (name, value) in &ctx.headers {
+            let mut v = http::HeaderValue::from_str(value).map_err(|_| {
+                Error::explain(
+                    ErrorType::HTTPStatus(400),
+                    "injected value is not a valid header",
+                )
+            })?;
+            v.set_sensitive(true);
+            req.insert_header(name.clone(), v)?;
+        }
+        if !ctx.body.is_empty() {
+            // The body changes length as it streams: send it chunked.
+            req.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.body.is_empty() {
+            return Ok(());
+        }
+        let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        for r in ctx.body.iter_mut() {
+            data = r.feed(&data, end_of_stream);
+        }
+        *body = Some(Bytes::from(data));
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let what = match &ctx.target {
+            Some(t) => format!("upstream {}:{}", t.host, t.port),
+            None => "upstream".to_string(),
+        };
+        let (code, reason) = reply::status_and_reason(e, &what);
+        if code > 0 {
+            reply::send_error(session, code, &reason).await;
+        }
+        ctx.reason = Some(reason);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        // `logging` writes one line per request, errors included.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let req = session.req_header();
+        let host = ctx
+            .target
+            .as_ref()
+            .map(|t| t.authority.as_str())
+            .unwrap_or("-");
+        let source = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let ms = ctx
+            .started
+            .map(|s| s.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let fly = ctx
+            .fly_src
+            .as_ref()
+            .map(|f| format!(" flysrc={}/{}/{}", f.org, f.app, f.instance))
+            .unwrap_or_default();
+        let reason = ctx
+            .reason
+            .as_ref()
+            .map(|r| format!(" reason={r:?}"))
+            .unwrap_or_default();
+        let line = format!(
+            "{} {} {}{} status={} dur_ms={:.1} source={} secrets={:?}{}{}",
+            req.method,
+            host,
+            req.uri.path(),
+            if req.uri.query().is_some() {
+                "?…"
+            } else {
+                ""
+            },
+            status,
+            ms,
+            source,
+            ctx.secrets,
+            fly,
+            reason
+        );
+        if (200..400).contains(&status) {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+    }
+}
+
+/// Load the roots for upstream TLS: the system bundle (wherever this OS keeps it; the vendored
+/// OpenSSL does not look there by itself) plus extra CA files.
+pub fn upstream_roots(extra: &[std::path::PathBuf]) -> std::result::Result<Vec<X509>, String> {
+    let mut roots = Vec::new();
+    let probe = openssl_probe::probe();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .or(probe.cert_file);
+    if let Some(path) = system {
+        if let Ok(pem) = std::fs::read(&path) {
+            roots.extend(X509::stack_from_pem(&pem).unwrap_or_default());
+        }
+    }
+    for path in extra {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = X509::stack_from_pem(&pem)
+            .map_err(|_| format!("{}: not a PEM certificate file", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in file", path.display()));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
+}
+
+/// Parse `--fly-src-trusted-net` values.
+pub fn parse_nets(values: &[String]) -> std::result::Result<Vec<IpNet>, String> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<IpNet>()
+                .map_err(|_| format!("{v:?} is not a CIDR network (like 172.16.0.0/16)"))
+        })
+        .collect()
+}
+
+/// Start the tokenizer and serve until a signal stops it.
+pub fn run(settings: Settings, opt: Opt) -> ! {
+    let mut conf = ServerConf {
+        threads: settings.threads.max(1),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    conf.upstream_keepalive_pool_size = 256;
+    let listen = settings.listen.clone();
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    let mut svc = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Tokenizer::new(settings),
+        "proxypilot tokenizer",
+    );
+    for addr in &listen {
+        svc.add_tcp(addr);
+    }
+    server.add_service(svc);
+    server.run_forever()
+}

@@ -1,0 +1,342 @@
+"""Shared fixtures: the real proxypilot binary, a local HTTPS upstream, our tokenizer, our sidecar.
+
+Everything listens on 127.0.0.1 (or ::1) on ephemeral ports. The binary is built once by
+`make test` (release profile) and shared; set PROXYPILOT_BIN to use another build.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+VECTORS = ROOT / "tests" / "data" / "tokenizer-vectors.json"
+HOSTS = ["api.github.com", "api.anthropic.com", "api.openai.com"]
+
+# Real-looking tokens the upstream should see, and the dummy the client sends.
+REAL = {
+    "api.github.com": "ghp_REALgithubTOKEN0123456789",
+    "api.anthropic.com": "sk-ant-REALanthropicKEY0123456789",
+    "api.openai.com": "sk-REALopenaiKEY0123456789",
+}
+DUMMY = "dummy"
+
+
+def binary():
+    b = os.environ.get("PROXYPILOT_BIN") or str(ROOT / "target" / "release" / "proxypilot")
+    if not Path(b).exists():
+        pytest.exit(f"{b} is missing: run `make test` (it builds the binary first)", 2)
+    return b
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, host="127.0.0.1", timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.returncode}:\n{proc.output()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not listen on {host}:{port}:\n{proc.output()}")
+
+
+class Proc:
+    """A child process with its output in a file."""
+
+    def __init__(self, name, args, env=None, cwd=None, log_dir=None):
+        self.name = name
+        self.log_path = Path(log_dir or tempfile.mkdtemp()) / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.setdefault("RUST_LOG", "info")
+        full_env.update(env or {})
+        self.p = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def poll(self):
+        return self.p.poll()
+
+    @property
+    def returncode(self):
+        return self.p.returncode
+
+    def output(self):
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGINT, timeout=10):
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self._log.close()
+
+
+def run(args, input=None, env=None, check=True, cwd=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    r = subprocess.run(
+        args,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=60,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def bin_path():
+    return binary()
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="pp-e2e-"))
+    yield d
+    if os.environ.get("PP_KEEP_TMP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pki(workdir):
+    """A throwaway CA and a certificate for the API hosts, made with the openssl CLI."""
+    d = workdir / "pki"
+    d.mkdir()
+    sh = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    sh(
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", "upca.key", "-out", "upca.pem", "-days", "2",
+        "-subj", "/CN=proxypilot test upstream CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+    )
+    sh(
+        "openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "up.key", "-out", "up.csr", "-subj", "/CN=api.github.com",
+    )
+    (d / "ext.cnf").write_text(
+        "subjectAltName=" + ",".join(f"DNS:{h}" for h in HOSTS + ["localhost"])
+        + "\nextendedKeyUsage=serverAuth\n"
+    )
+    sh(
+        "openssl", "x509", "-req", "-in", "up.csr", "-CA", "upca.pem", "-CAkey", "upca.key",
+        "-CAcreateserial", "-out", "up.pem", "-days", "2", "-extfile", "ext.cnf",
+    )
+    return d
+
+
+class Upstream:
+    def __init__(self, port, log):
+        self.port = port
+        self.log = log
+
+    def requests(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(l) for l in self.log.read_text().splitlines() if l.strip()]
+
+    def mark(self):
+        return len(self.requests())
+
+    def since(self, mark):
+        return self.requests()[mark:]
+
+    def wait_since(self, mark, n=1, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = self.since(mark)
+            if len(got) >= n:
+                return got
+            time.sleep(0.02)
+        return self.since(mark)
+
+
+def headers_of(entry):
+    """The request's headers as a case-insensitive dict of lists."""
+    out = {}
+    for k, v in entry["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+@pytest.fixture(scope="session")
+def upstream(workdir, pki):
+    log = workdir / "upstream-requests.jsonl"
+    ready = workdir / "upstream.port"
+    p = Proc(
+        "upstream",
+        [sys.executable, str(HERE / "upstream.py"), "--cert", str(pki / "up.pem"),
+         "--key", str(pki / "up.key"), "--log", str(log), "--ready", str(ready)],
+        log_dir=workdir,
+    )
+    deadline = time.time() + 20
+    while not ready.exists():
+        if p.poll() is not None or time.time() > deadline:
+            raise RuntimeError(p.output())
+        time.sleep(0.05)
+    u = Upstream(int(ready.read_text()), log)
+    yield u
+    p.stop()
+
+
+class Tokenizer:
+    def __init__(self, proc, port, open_key, seal_key, bin_path):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.open_key = open_key
+        self.seal_key = seal_key
+        self.bin = bin_path
+
+    def seal(self, token, *args):
+        r = run([self.bin, "seal", *args], input=token, env={"SEAL_KEY": self.seal_key})
+        return r.stdout.strip()
+
+    def seal_json(self, obj):
+        r = run(
+            [self.bin, "seal", "--json-file", "-"],
+            input=json.dumps(obj),
+            env={"SEAL_KEY": self.seal_key},
+        )
+        return r.stdout.strip()
+
+
+def keygen(bin_path):
+    out = run([bin_path, "keygen"]).stdout
+    kv = dict(line.split("=", 1) for line in out.split())
+    return kv["OPEN_KEY"], kv["SEAL_KEY"]
+
+
+def start_tokenizer(bin_path, workdir, pki, upstream, name="tokenizer", open_key=None, extra=()):
+    if open_key is None:
+        open_key, seal_key = keygen(bin_path)
+    else:
+        seal_key = run([bin_path, "sealkey"], env={"OPEN_KEY": open_key}).stdout.strip()
+    port = free_port()
+    args = [bin_path, "tokenizer", "--listen", f"127.0.0.1:{port}",
+            "--upstream-ca", str(pki / "upca.pem")]
+    for h in HOSTS:
+        args += ["--connect-to", f"{h}:443:127.0.0.1:{upstream.port}"]
+    args += list(extra)
+    p = Proc(name, args, env={"OPEN_KEY": open_key}, log_dir=workdir)
+    wait_port(port, p)
+    return Tokenizer(p, port, open_key, seal_key, bin_path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bin_path, workdir, pki, upstream):
+    t = start_tokenizer(bin_path, workdir, pki, upstream)
+    yield t
+    t.proc.stop()
+
+
+class Sidecar:
+    def __init__(self, proc, port, ca, workdir, env):
+        self.proc = proc
+        self.port = port
+        self.ca = ca
+        self.workdir = workdir
+        self.env = env
+
+    def resolve_args(self, host="api.github.com"):
+        return ["--resolve", f"{host}:{self.port}:127.0.0.1", "--cacert", str(self.ca)]
+
+    def curl(self, path, host="api.github.com", extra=(), check=True):
+        url = f"https://{host}:{self.port}{path}"
+        args = ["curl", "-sS", "--max-time", "20", *self.resolve_args(host), *extra,
+                "-w", "\n%{http_code} %{http_version}", url]
+        r = run(args, check=check)
+        body, _, tail = r.stdout.rpartition("\n")
+        code, _, version = tail.partition(" ")
+        return int(code or 0), version, body, r
+
+
+SIDECAR_YAML = """\
+version: 1
+threads: 2
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+proxypilot:
+  listen: ["127.0.0.1:{port}", "[::1]:{port}"]
+  ca:
+    cert: {ca_dir}/ca.pem
+    key: {ca_dir}/ca-key.pem
+  tokenizer:
+    url: {tokenizer_url}
+  routes:
+    - host: api.github.com
+      secret_env: PP_SEALED_GITHUB
+    - host: api.anthropic.com
+      secret_env: PP_SEALED_ANTHROPIC
+    - host: api.openai.com
+      secret_env: PP_SEALED_OPENAI
+"""
+
+
+def sealed_env(tokenizer):
+    return {
+        "PP_SEALED_GITHUB": tokenizer.seal(REAL["api.github.com"], "--host", "api.github.com"),
+        "PP_SEALED_ANTHROPIC": tokenizer.seal(
+            REAL["api.anthropic.com"], "--host", "api.anthropic.com", "--header", "x-api-key"
+        ),
+        "PP_SEALED_OPENAI": tokenizer.seal(REAL["api.openai.com"], "--host", "api.openai.com"),
+    }
+
+
+def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra=""):
+    d = workdir / name
+    d.mkdir(exist_ok=True)
+    port = free_port()
+    conf = d / "proxy.yaml"
+    conf.write_text(
+        SIDECAR_YAML.format(port=port, ca_dir=d / "ca", tokenizer_url=tokenizer.url) + yaml_extra
+    )
+    env = sealed_env(tokenizer)
+    p = Proc(name, [bin_path, "serve", "-c", str(conf)], env=env, log_dir=workdir)
+    wait_port(port, p)
+    return Sidecar(p, port, d / "ca" / "ca.pem", d, env)
+
+
+@pytest.fixture(scope="session")
+def sidecar(bin_path, workdir, tokenizer):
+    s = start_sidecar(bin_path, workdir, tokenizer)
+    yield s
+    s.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def vectors():
+    return json.loads(VECTORS.read_text())

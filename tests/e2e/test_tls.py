@@ -1,0 +1,70 @@
+"""The sidecar's TLS front door: minting once under a stampede, ALPN, leaf properties."""
+
+import re
+import socket
+import ssl
+import threading
+
+from conftest import run, start_sidecar
+
+
+def metric(sidecar, name):
+    code, _, body, _ = sidecar.curl("/metrics", host="localhost")
+    assert code == 200
+    m = re.search(rf"^{name} (\d+)", body, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def handshake(port, ca, name, alpn=("h2", "http/1.1")):
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(list(alpn))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            return t.getpeercert(), t.selected_alpn_protocol()
+
+
+def test_100_concurrent_first_handshakes_mint_once(bin_path, workdir, tokenizer):
+    s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-stampede")
+    try:
+        before = metric(s, "proxypilot_certificates_minted_total")  # mints localhost
+        serials, errors = [], []
+        barrier = threading.Barrier(100)
+
+        def one():
+            try:
+                barrier.wait()
+                cert, _ = handshake(s.port, s.ca, "api.openai.com")
+                serials.append(cert["serialNumber"])
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert len(serials) == 100 and len(set(serials)) == 1
+        assert metric(s, "proxypilot_certificates_minted_total") - before == 1
+    finally:
+        s.proc.stop()
+
+
+def test_alpn_offers_h2_and_http11(sidecar):
+    _, proto = handshake(sidecar.port, sidecar.ca, "api.github.com")
+    assert proto == "h2"
+    _, proto = handshake(sidecar.port, sidecar.ca, "api.github.com", alpn=("http/1.1",))
+    assert proto == "http/1.1"
+
+
+def test_leaf_properties(sidecar, workdir):
+    pem = run(["sh", "-c", f"openssl s_client -connect 127.0.0.1:{sidecar.port} "
+               "-servername api.anthropic.com </dev/null 2>/dev/null | openssl x509"]).stdout
+    leaf = workdir / "leaf.pem"
+    leaf.write_text(pem)
+    text = run(["openssl", "x509", "-in", str(leaf), "-noout", "-text"]).stdout
+    assert "DNS:api.anthropic.com" in text
+    assert "TLS Web Server Authentication" in text
+    assert "ASN1 OID: prime256v1" in text
+    assert "CA:TRUE" not in text
+    run(["openssl", "verify", "-CAfile", str(sidecar.ca), str(leaf)])

@@ -1,0 +1,164 @@
+"""A local HTTPS upstream for end-to-end tests: it stands in for api.github.com and friends.
+
+It echoes what it received as JSON and appends every request (method, path, headers, body
+length and sha256) to a JSON-lines log, so tests can assert what reached "the real API".
+
+    python3 upstream.py --cert up.pem --key up.key --port 0 --log requests.jsonl --ready ready.txt
+
+Routes: anything -> 200 JSON echo; /status/NNN -> that status; /sse?n=N&gap_ms=G -> server-sent
+events; /bytes/N -> N bytes; POST bodies are read fully (hashed, not stored).
+"""
+
+import argparse
+import hashlib
+import json
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    log_lock = threading.Lock()
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            h = hashlib.sha256()
+            n = 0
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunk = self.rfile.read(size)
+                self.rfile.readline()
+                h.update(chunk)
+                n += len(chunk)
+                if len(data) < 1 << 16:
+                    data += chunk
+            return n, h.hexdigest(), bytes(data[: 1 << 16])
+        length = int(self.headers.get("Content-Length") or 0)
+        h = hashlib.sha256()
+        remaining = length
+        data = bytearray()
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+            if len(data) < 1 << 16:
+                data += chunk
+        return length - remaining, h.hexdigest(), bytes(data[: 1 << 16])
+
+    def _record(self, body_len, body_sha, body_head):
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body_len": body_len,
+            "body_sha256": body_sha,
+            "body_head": body_head.decode("utf-8", "replace"),
+            "peer": self.client_address[0],
+            "t": time.time(),
+        }
+        with self.log_lock, open(self.server.log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return entry
+
+    def _send(self, status, body, ctype="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self):
+        body_len, body_sha, body_head = self._read_body()
+        entry = self._record(body_len, body_sha, body_head)
+        url = urlsplit(self.path)
+        q = parse_qs(url.query)
+        if url.path.startswith("/status/"):
+            code = int(url.path.split("/")[2])
+            return self._send(code, json.dumps(entry).encode())
+        if url.path.startswith("/bytes/"):
+            n = int(url.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = bytes(range(256)) * 4096
+            sent = 0
+            while sent < n:
+                piece = block[: min(len(block), n - sent)]
+                self.wfile.write(piece)
+                sent += len(piece)
+            return
+        if url.path == "/sse":
+            n = int(q.get("n", ["5"])[0])
+            gap = int(q.get("gap_ms", ["20"])[0]) / 1000.0
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(n):
+                payload = f"id: {i}\ndata: {{\"i\": {i}, \"sent\": {time.time()}}}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                self.wfile.flush()
+                time.sleep(gap)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
+        # Echo: the shape SDKs and gh can parse (a JSON object), plus what we saw.
+        out = {
+            "echo": True,
+            "id": "msg_echo",
+            "object": "echo",
+            "login": "echo-user",
+            "method": self.command,
+            "path": self.path,
+            "headers": dict(self.headers.items()),
+            "body_len": body_len,
+        }
+        self._send(200, json.dumps(out).encode())
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cert", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--log", required=True)
+    ap.add_argument("--ready", required=True, help="file to write the bound port into")
+    a = ap.parse_args()
+    srv = ThreadingHTTPServer((a.host, a.port), Handler)
+    srv.daemon_threads = True
+    srv.log_path = a.log
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(a.cert, a.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    with open(a.ready + ".tmp", "w") as f:
+        f.write(str(srv.server_address[1]))
+    import os
+
+    os.replace(a.ready + ".tmp", a.ready)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
