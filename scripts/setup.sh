@@ -17,6 +17,13 @@ have cc      || need_apt+=(gcc)
 have curl    || need_apt+=(curl)
 have openssl || need_apt+=(openssl)
 have python3 || need_apt+=(python3 python3-pip)
+# Real clients the end-to-end tests drive through the sidecar (tests/e2e/test_clients.py), and
+# unshare/mount to give them a private /etc/hosts.
+have gh      || need_apt+=(gh)
+have node    || need_apt+=(nodejs)
+have git     || need_apt+=(git)
+have unshare || need_apt+=(util-linux)
+have mount   || need_apt+=(mount)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   $SUDO apt-get update -qq

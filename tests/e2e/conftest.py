@@ -316,10 +316,11 @@ def sealed_env(tokenizer):
     }
 
 
-def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra=""):
+def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None):
+    """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port)."""
     d = workdir / name
     d.mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     conf = d / "proxy.yaml"
     conf.write_text(
         SIDECAR_YAML.format(port=port, ca_dir=d / "ca", tokenizer_url=tokenizer.url) + yaml_extra

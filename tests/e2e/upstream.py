@@ -7,6 +7,12 @@ length and sha256) to a JSON-lines log, so tests can assert what reached "the re
 
 Routes: anything -> 200 JSON echo; /status/NNN -> that status; /sse?n=N&gap_ms=G -> server-sent
 events; /bytes/N -> N bytes; POST bodies are read fully (hashed, not stored).
+
+So that the real SDKs can parse the answer, two API shapes are faked:
+POST /v1/messages -> a minimal Anthropic Message (or its event stream with "stream": true) and
+POST /v1/chat/completions -> a minimal OpenAI chat.completion (or its chunk stream). The reply's
+text is "echo: " + the last user message's text, and its model is the requested model.
+GET .../info/refs?service=git-upload-pack -> git's smart-HTTP advertisement of an empty repository.
 """
 
 import argparse
@@ -17,6 +23,86 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+
+def _last_user_text(req):
+    """The text of the last user message of an Anthropic or OpenAI request body."""
+    for msg in reversed(req.get("messages") or []):
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "".join(
+                part.get("text", "") for part in content
+                if isinstance(part, dict) and part.get("type") == "text"
+            )
+    return ""
+
+
+def _pieces(text, n=3):
+    """The text cut into up to n non-empty pieces, to stream as several deltas."""
+    size = max(1, -(-len(text) // n))
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def anthropic_message(req, text):
+    return {
+        "id": "msg_echo",
+        "type": "message",
+        "role": "assistant",
+        "model": req.get("model", "echo"),
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": len(_pieces(text))},
+    }
+
+
+def anthropic_events(req, text):
+    start = dict(anthropic_message(req, text), content=[], stop_reason=None)
+    start["usage"] = {"input_tokens": 1, "output_tokens": 0}
+    yield "message_start", {"type": "message_start", "message": start}
+    yield "content_block_start", {
+        "type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    for piece in _pieces(text):
+        yield "content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": piece}}
+    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    yield "message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": len(_pieces(text))}}
+    yield "message_stop", {"type": "message_stop"}
+
+
+def openai_completion(req, text):
+    return {
+        "id": "chatcmpl-echo",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.get("model", "echo"),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def openai_chunks(req, text):
+    base = {"id": "chatcmpl-echo", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": req.get("model", "echo")}
+    deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in _pieces(text)]
+    for d in deltas:
+        yield None, dict(base, choices=[{"index": 0, "delta": d, "logprobs": None,
+                                         "finish_reason": None}])
+    yield None, dict(base, choices=[{"index": 0, "delta": {}, "logprobs": None,
+                                     "finish_reason": "stop"}])
+    yield None, "[DONE]"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -83,11 +169,54 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _send_events(self, events):
+        """Server-sent events, one chunk each, with a short gap so they arrive apart."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for name, data in events:
+            payload = (f"event: {name}\n" if name else "") + "data: " + (
+                data if isinstance(data, str) else json.dumps(data)) + "\n\n"
+            payload = payload.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            self.wfile.flush()
+            time.sleep(0.005)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _fake_api(self, path, body_head):
+        """The minimal Anthropic / OpenAI answers the SDKs parse; False for other paths."""
+        if self.command != "POST" or path not in ("/v1/messages", "/v1/chat/completions"):
+            return False
+        try:
+            req = json.loads(body_head)
+        except ValueError:
+            req = {}
+        if not isinstance(req, dict):
+            req = {}
+        text = "echo: " + _last_user_text(req)
+        anthropic = path == "/v1/messages"
+        if req.get("stream"):
+            self._send_events(anthropic_events(req, text) if anthropic
+                              else openai_chunks(req, text))
+        else:
+            reply = anthropic_message(req, text) if anthropic else openai_completion(req, text)
+            self._send(200, json.dumps(reply).encode())
+        return True
+
     def handle_any(self):
         body_len, body_sha, body_head = self._read_body()
         entry = self._record(body_len, body_sha, body_head)
         url = urlsplit(self.path)
         q = parse_qs(url.query)
+        if self._fake_api(url.path, body_head):
+            return
+        if url.path.endswith("/info/refs") and q.get("service") == ["git-upload-pack"]:
+            # pkt-lines: the service announcement, a flush, then no refs and a flush.
+            return self._send(200, b"001e# service=git-upload-pack\n00000000",
+                              "application/x-git-upload-pack-advertisement")
         if url.path.startswith("/status/"):
             code = int(url.path.split("/")[2])
             return self._send(code, json.dumps(entry).encode())
