@@ -117,9 +117,13 @@ struct TokenizerArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Close every client connection after its response, as the reference tokenizer does
+    /// (for comparisons; keep-alive is faster).
+    #[arg(long)]
+    close_connections: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct SealArgs {
     /// The tokenizer's public key (hex).
     #[arg(long, env = "SEAL_KEY", hide_env_values = true)]
@@ -156,6 +160,11 @@ struct SealArgs {
     /// (bearer_auth) instead of no_auth.
     #[arg(long)]
     auth_password_env: Option<String>,
+    /// Batch mode: a file of `NAME=HOST[:HEADER]` lines. Each token is read from the
+    /// environment variable NAME and sealed for HOST; prints `NAME=<sealed>` lines (ready for
+    /// `fly secrets import`). --org/--app/--instance/--auth-password-env apply to all.
+    #[arg(long, conflicts_with_all = ["json", "json_file", "host", "header", "token_env"])]
+    env_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -183,6 +192,15 @@ enum CaCmd {
     Init(CaInitArgs),
     /// Print the CA certificate (PEM) and its name constraints.
     Show(CaShowArgs),
+    /// Time minting leaf certificates with a throwaway CA (for benchmarks).
+    Bench(CaBenchArgs),
+}
+
+#[derive(Args)]
+struct CaBenchArgs {
+    /// How many leaves to mint.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
 }
 
 #[derive(Args)]
@@ -223,6 +241,7 @@ pub fn main() -> i32 {
         Cmd::Unseal(a) => unseal(a),
         Cmd::Ca(CaCmd::Init(a)) => ca_init(a),
         Cmd::Ca(CaCmd::Show(a)) => ca_show(a),
+        Cmd::Ca(CaCmd::Bench(a)) => ca_bench(a),
     };
     match result {
         Ok(()) => 0,
@@ -335,6 +354,7 @@ fn run_tokenizer(a: TokenizerArgs) -> Result<(), String> {
         upstream_roots: std::sync::Arc::new(roots.into_boxed_slice()),
         read_timeout,
         idle_timeout: std::time::Duration::from_secs(60),
+        close_connections: a.close_connections,
         threads: a.threads,
     };
     println!("proxypilot tokenizer: listening on {listen} seal_key={seal_key}");
@@ -423,12 +443,70 @@ fn secret_from_flags(a: &SealArgs, token: Zeroizing<String>) -> Result<Secret, S
     Ok(s)
 }
 
+/// One line of a `seal --env-file` file: `NAME=HOST[:HEADER]`.
+fn parse_env_line(line: &str) -> Result<Option<(String, String, Option<String>)>, String> {
+    let line = line.trim();
+    let line = line.strip_prefix("export ").unwrap_or(line).trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (name, target) = line
+        .split_once('=')
+        .ok_or_else(|| format!("{line:?} is not NAME=HOST[:HEADER]"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("{name:?} is not an environment variable name"));
+    }
+    let (host, header) = match target.trim().split_once(':') {
+        Some((h, hdr)) => (h.trim(), Some(hdr.trim().to_string())),
+        None => (target.trim(), None),
+    };
+    let host = config::check_host(host).map_err(|e| format!("{name}: {e}"))?;
+    if let Some(h) = &header {
+        http::HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| format!("{name}: {h:?} is not a header name"))?;
+    }
+    Ok(Some((name.to_string(), host, header)))
+}
+
+fn seal_batch(a: &SealArgs, seal_key: &SealKey, path: &PathBuf) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |e: String| format!("{}:{}: {e}", path.display(), i + 1);
+        let Some((name, host, header)) = parse_env_line(line).map_err(at)? else {
+            continue;
+        };
+        let token = env_secret(&name).map_err(at)?;
+        let one = SealArgs {
+            host: vec![host],
+            header,
+            ..a.clone()
+        };
+        let secret = secret_from_flags(&one, token).map_err(at)?;
+        out.push(format!(
+            "{name}={}",
+            seal_key.seal(secret.to_json().as_bytes())
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no NAME=HOST lines", path.display()));
+    }
+    // Print only when every line sealed, so a partial result never reaches `fly secrets`.
+    println!("{}", out.join("\n"));
+    Ok(())
+}
+
 fn seal(a: SealArgs) -> Result<(), String> {
     let key_hex = a
         .seal_key
         .clone()
         .ok_or("SEAL_KEY is not set (give --seal-key or the SEAL_KEY environment variable)")?;
     let seal_key = SealKey::from_hex(&key_hex)?;
+    if let Some(path) = &a.env_file {
+        return seal_batch(&a, &seal_key, path);
+    }
     let json: Zeroizing<Vec<u8>> = if let Some(j) = &a.json {
         Zeroizing::new(j.as_bytes().to_vec())
     } else if let Some(path) = &a.json_file {
@@ -605,6 +683,29 @@ fn ca_show(a: CaShowArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn ca_bench(a: CaBenchArgs) -> Result<(), String> {
+    let count = a.count.max(1);
+    let (ca, _) = Ca::create(
+        &["bench.example".into()],
+        std::time::Duration::from_secs(86400),
+    )?;
+    let mut us: Vec<f64> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = std::time::Instant::now();
+        ca.mint("bench.example", std::time::Duration::from_secs(3600))?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(|x, y| x.total_cmp(y));
+    let pct = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "minted {count} leaves (ECDSA P-256 key + signature): median {:.0} us, p99 {:.0} us, min {:.0} us",
+        pct(0.5),
+        pct(0.99),
+        us[0]
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +723,27 @@ mod tests {
             s.contains("\"dst\":\"X\"") && s.contains("allowed_hosts"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn env_file_lines() {
+        assert_eq!(parse_env_line("# c").unwrap(), None);
+        assert_eq!(parse_env_line("  ").unwrap(), None);
+        assert_eq!(
+            parse_env_line("export GH_TOKEN=api.github.com").unwrap(),
+            Some(("GH_TOKEN".into(), "api.github.com".into(), None))
+        );
+        assert_eq!(
+            parse_env_line("ANTHROPIC_API_KEY=api.anthropic.com:x-api-key").unwrap(),
+            Some((
+                "ANTHROPIC_API_KEY".into(),
+                "api.anthropic.com".into(),
+                Some("x-api-key".into())
+            ))
+        );
+        assert!(parse_env_line("GH TOKEN=x").is_err());
+        assert!(parse_env_line("GH_TOKEN").is_err());
+        assert!(parse_env_line("GH_TOKEN=https://x/").is_err());
     }
 
     #[test]

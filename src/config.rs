@@ -70,6 +70,11 @@ struct FileTokenizer {
     auth_file: Option<PathBuf>,
     #[serde(default)]
     fly_src_optin: bool,
+    /// Connections kept open in advance for a tokenizer that closes every connection.
+    #[serde(default)]
+    spares: usize,
+    /// How long a spare may wait before it is replaced (default 30s).
+    spare_max_age: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +101,9 @@ pub struct Tokenizer {
     /// `Proxy-Authorization` to send, if the tokenizer wants one.
     pub proxy_authorization: Option<HeaderValue>,
     pub fly_src_optin: bool,
+    /// Pre-connected spare connections (0: off).
+    pub spares: usize,
+    pub spare_max_age: Duration,
 }
 
 /// One routed host. Built once at start; the request path only reads it.
@@ -155,7 +163,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A DNS host name as a route key: lower case, no port, no trailing dot.
-fn check_host(h: &str) -> Result<String, String> {
+pub fn check_host(h: &str) -> Result<String, String> {
     let host = h.trim().trim_end_matches('.').to_ascii_lowercase();
     let ok = !host.is_empty()
         && host.len() <= 253
@@ -363,6 +371,9 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         s.tokenizer.auth_file.as_deref(),
     )
     .map_err(|e| w.err("proxypilot.tokenizer", e))?;
+    if s.tokenizer.spares > 64 {
+        return Err(w.err("proxypilot.tokenizer.spares", "at most 64"));
+    }
     let tokenizer = Tokenizer {
         url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
         tls,
@@ -370,6 +381,12 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         port,
         proxy_authorization,
         fly_src_optin: s.tokenizer.fly_src_optin,
+        spares: s.tokenizer.spares,
+        spare_max_age: dur(
+            "proxypilot.tokenizer.spare_max_age",
+            s.tokenizer.spare_max_age,
+            Duration::from_secs(30),
+        )?,
     };
 
     let global_strip = header_names(
@@ -488,6 +505,8 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
             port: tport,
             proxy_authorization: None,
             fly_src_optin: false,
+            spares: 0,
+            spare_max_age: Duration::from_secs(30),
         },
         routes,
         source: "environment (TARGETS)".into(),

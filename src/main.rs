@@ -17,6 +17,7 @@ mod reply;
 mod resolve;
 mod sealing;
 mod secret;
+mod spares;
 mod tokenizer;
 
 fn main() {

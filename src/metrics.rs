@@ -54,6 +54,14 @@ pub static MISDIRECTED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static SPARES_USED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "proxypilot_tokenizer_spares_used_total",
+        "Requests that started on a pre-connected spare connection to the tokenizer"
+    )
+    .expect("metric registers once")
+});
+
 /// Render every registered metric in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so they appear (at zero) before their first event.
@@ -62,6 +70,7 @@ pub fn render() -> String {
     Lazy::force(&HANDSHAKES_REFUSED);
     Lazy::force(&CERTS_MINTED);
     Lazy::force(&MISDIRECTED);
+    Lazy::force(&SPARES_USED);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&prometheus::gather(), &mut out)

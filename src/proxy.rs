@@ -29,7 +29,7 @@ use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use crate::config::{Route, Sidecar};
 use crate::metrics;
 use crate::reply::{self, refuse};
 use crate::resolve::CachedName;
+use crate::spares::Spares;
 
 pub struct SidecarProxy {
     cfg: Arc<Sidecar>,
@@ -46,6 +47,8 @@ pub struct SidecarProxy {
     tokenizer_addr: CachedName,
     /// Roots for an https:// tokenizer.
     roots: Option<Arc<Box<[X509]>>>,
+    /// Pre-connected connections to the tokenizer, when configured.
+    spares: Option<Arc<Spares>>,
 }
 
 #[derive(Default)]
@@ -107,11 +110,19 @@ impl SidecarProxy {
             cfg.tokenizer.port,
             Duration::from_secs(30),
         );
+        let spares = (cfg.tokenizer.spares > 0).then(|| {
+            Arc::new(Spares::new(
+                cfg.tokenizer.spares,
+                cfg.tokenizer.spare_max_age,
+                Duration::from_secs(5),
+            ))
+        });
         SidecarProxy {
             cfg,
             store,
             tokenizer_addr,
             roots,
+            spares,
         }
     }
 
@@ -222,6 +233,9 @@ impl ProxyHttp for SidecarProxy {
         if t.tls {
             o.ca = self.roots.clone();
         }
+        if let Some(spares) = &self.spares {
+            o.custom_l4 = Some(spares.clone());
+        }
         Ok(Box::new(peer))
     }
 
@@ -252,6 +266,16 @@ impl ProxyHttp for SidecarProxy {
         if t.fly_src_optin {
             req.insert_header("Fly-Src-Optin", "*")?;
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        reply::drop_length_where_forbidden(resp);
         Ok(())
     }
 

@@ -57,6 +57,15 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
     }
 }
 
+/// RFC 9110 §8.6: no Content-Length (nor a body) on 1xx and 204 answers, whatever the upstream
+/// sent; HTTP/2 clients treat one as a protocol error.
+pub fn drop_length_where_forbidden(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::NO_CONTENT || resp.status.is_informational() {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+    }
+}
+
 /// Write a small complete response. `extra` headers are added as given.
 pub async fn send(
     session: &mut Session,

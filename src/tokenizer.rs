@@ -64,8 +64,14 @@ pub struct Settings {
     pub upstream_roots: Arc<Box<[X509]>>,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Close the client connection after every response, like the reference tokenizer.
+    pub close_connections: bool,
     pub threads: usize,
 }
+
+/// How long a client connection may sit idle between requests. Above the sidecar's pool idle
+/// timeout (50 s), so the sidecar always closes first and never reuses a closing connection.
+pub const CLIENT_IDLE: u64 = 75;
 
 pub struct Tokenizer {
     settings: Arc<Settings>,
@@ -252,6 +258,11 @@ impl ProxyHttp for Tokenizer {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.settings.close_connections {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(CLIENT_IDLE));
+        }
         let target = self.target(session.req_header())?;
         ctx.target = Some(target.clone());
 
@@ -403,6 +414,19 @@ impl ProxyHttp for Tokenizer {
             data = r.feed(&data, end_of_stream);
         }
         *body = Some(Bytes::from(data));
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut pingora_http::ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        reply::drop_length_where_forbidden(resp);
+        if self.settings.close_connections {
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
         Ok(())
     }
 

@@ -296,7 +296,7 @@ proxypilot:
     key: {ca_dir}/ca-key.pem
   tokenizer:
     url: {tokenizer_url}
-  routes:
+{tokenizer_extra}  routes:
     - host: api.github.com
       secret_env: PP_SEALED_GITHUB
     - host: api.anthropic.com
@@ -316,14 +316,16 @@ def sealed_env(tokenizer):
     }
 
 
-def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None):
+def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None,
+                  tokenizer_extra=""):
     """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port)."""
     d = workdir / name
     d.mkdir(exist_ok=True)
     port = port or free_port()
     conf = d / "proxy.yaml"
     conf.write_text(
-        SIDECAR_YAML.format(port=port, ca_dir=d / "ca", tokenizer_url=tokenizer.url) + yaml_extra
+        SIDECAR_YAML.format(port=port, ca_dir=d / "ca", tokenizer_url=tokenizer.url,
+                            tokenizer_extra=tokenizer_extra) + yaml_extra
     )
     env = sealed_env(tokenizer)
     p = Proc(name, [bin_path, "serve", "-c", str(conf)], env=env, log_dir=workdir)

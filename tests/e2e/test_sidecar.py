@@ -223,3 +223,12 @@ def test_logs_hold_no_secrets(sidecar, tokenizer):
     logs = sidecar.proc.output() + tokenizer.proc.output()
     for v in list(REAL.values()) + list(sidecar.env.values()) + [tokenizer.open_key]:
         assert v not in logs
+
+
+def test_204_with_a_stray_length_is_clean_over_http2(sidecar):
+    """The upstream's /status/204 wrongly sends Content-Length and a body; clients still get a
+    clean 204 (no length), over HTTP/2 too, and the connection stays usable."""
+    for proto in ["--http2", "--http1.1"]:
+        code, _, body, r = sidecar.curl("/status/204", extra=[proto, "-D", "-"])
+        assert code == 204, (proto, r.stdout, r.stderr)
+        assert "content-length" not in r.stdout.lower(), r.stdout

@@ -1,0 +1,144 @@
+"""Streaming and connection reuse through the sidecar (correctness, not speed)."""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import REAL, headers_of, run, start_sidecar, start_tokenizer
+
+
+def tls_conn(sidecar, host="api.github.com"):
+    ctx = ssl.create_default_context(cafile=str(sidecar.ca))
+    ctx.set_alpn_protocols(["http/1.1"])
+    conn = http.client.HTTPSConnection(host, sidecar.port, context=ctx, timeout=30)
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", sidecar.port)),
+                                server_hostname=host)
+    return conn
+
+
+def test_sse_events_arrive_one_by_one(sidecar):
+    """Each event reaches the client before the upstream sends the next one."""
+    args = ["curl", "-sSN", "--max-time", "30", *sidecar.resolve_args(),
+            f"https://api.github.com:{sidecar.port}/sse?n=6&gap_ms=300"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    events = []
+    for line in p.stdout:
+        if line.startswith("data: "):
+            events.append((time.time(), json.loads(line[6:])))
+    p.wait()
+    assert len(events) == 6, events
+    for (arrived, ev), (_, nxt) in zip(events, events[1:]):
+        assert arrived < nxt["sent"], (ev, nxt, arrived)
+        assert arrived - ev["sent"] < 0.25, (ev, arrived)
+
+
+@pytest.fixture(scope="module")
+def big_file(workdir):
+    path = workdir / "upload-50m.bin"
+    with open(path, "wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+@pytest.mark.parametrize("proto", ["--http1.1", "--http2"])
+def test_50mb_upload_byte_exact(sidecar, upstream, big_file, proto):
+    want = hashlib.sha256(big_file.read_bytes()).hexdigest()
+    m = upstream.mark()
+    code, _, body, _ = sidecar.curl("/upload", extra=[proto, "--data-binary", f"@{big_file}",
+                                                      "-H", "Content-Type: application/octet-stream"])
+    assert code == 200, body
+    e = upstream.wait_since(m)[0]
+    assert (e["body_len"], e["body_sha256"]) == (50 << 20, want)
+    assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"]
+
+
+@pytest.mark.parametrize("proto", ["--http1.1", "--http2"])
+def test_50mb_download_byte_exact(sidecar, workdir, proto):
+    n = 50 << 20
+    out = workdir / f"download{proto}.bin"
+    code, _, _, _ = sidecar.curl(f"/bytes/{n}", extra=[proto, "-o", str(out)])
+    assert code == 200
+    block = bytes(range(256)) * 4096
+    h = hashlib.sha256()
+    left = n
+    while left:
+        piece = block[:min(len(block), left)]
+        h.update(piece)
+        left -= len(piece)
+    assert out.stat().st_size == n
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == h.hexdigest()
+
+
+def tokenizer_connections(tok, since_line=0):
+    """Distinct client source addresses in the tokenizer's per-request log lines."""
+    lines = tok.proc.output().splitlines()[since_line:]
+    return {m.group(1) for l in lines if (m := re.search(r" source=(\S+)", l))}
+
+
+def test_keepalive_tokenizer_is_reused(sidecar, tokenizer):
+    before = len(tokenizer.proc.output().splitlines())
+    conn = tls_conn(sidecar)
+    for i in range(1000):
+        conn.request("GET", f"/reuse/{i}")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+    conn.close()
+    time.sleep(0.3)
+    used = tokenizer_connections(tokenizer, before)
+    assert 1 <= len(used) <= 4, used  # far fewer tokenizer connections than requests
+
+
+@pytest.fixture(scope="module")
+def closing(bin_path, workdir, pki, upstream):
+    """A tokenizer that closes every connection (like the reference) and sidecars in front."""
+    t = start_tokenizer(bin_path, workdir, pki, upstream, name="tok-closing",
+                        extra=["--close-connections"])
+    plain = start_sidecar(bin_path, workdir, t, name="sidecar-closing")
+    yield t, plain
+    plain.proc.stop()
+    t.proc.stop()
+
+
+def test_200_sequential_posts_with_closing_tokenizer(closing, upstream):
+    _, sidecar = closing
+    conn = tls_conn(sidecar)
+    m = upstream.mark()
+    for i in range(200):
+        body = json.dumps({"i": i}).encode()
+        conn.request("POST", f"/post/{i}", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, (i, r.status)
+    conn.close()
+    got = upstream.wait_since(m, n=200)
+    assert [e["path"] for e in got] == [f"/post/{i}" for i in range(200)]
+
+
+def test_spares_are_used_with_closing_tokenizer(bin_path, workdir, closing):
+    t, _ = closing
+    s = start_sidecar(bin_path, workdir, t, name="sidecar-with-spares",
+                      tokenizer_extra="    spares: 2\n")
+    try:
+        conn = tls_conn(s)
+        for i in range(20):
+            conn.request("POST", f"/spare/{i}", body=b"{}")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            time.sleep(0.01)
+        conn.close()
+        code, _, body, _ = s.curl("/metrics", host="localhost")
+        used = int(re.search(r"^proxypilot_tokenizer_spares_used_total (\d+)", body, re.M).group(1))
+        assert used >= 10, body
+    finally:
+        s.proc.stop()
