@@ -18,6 +18,7 @@ GET .../info/refs?service=git-upload-pack -> git's smart-HTTP advertisement of a
 import argparse
 import hashlib
 import json
+import socket
 import ssl
 import threading
 import time
@@ -111,6 +112,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args):  # quiet
         pass
+
+    def setup(self):
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+        # meets the peer's delayed ACK and every response stalls ~40 ms.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
 
     def _read_body(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
