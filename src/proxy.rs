@@ -187,6 +187,9 @@ impl ProxyHttp for SidecarProxy {
                 "Misdirected Request: no TLS server name on this connection",
             );
         };
+        if session.req_header().method == http::Method::CONNECT {
+            return refuse(405, "CONNECT is not supported: this is not a forward proxy");
+        }
         for name in named_hosts(session.req_header())? {
             if name != sni {
                 metrics::MISDIRECTED.inc();

@@ -232,3 +232,11 @@ def test_204_with_a_stray_length_is_clean_over_http2(sidecar):
         code, _, body, r = sidecar.curl("/status/204", extra=[proto, "-D", "-"])
         assert code == 204, (proto, r.stdout, r.stderr)
         assert "content-length" not in r.stdout.lower(), r.stdout
+
+
+def test_connect_is_refused(sidecar, upstream):
+    m = upstream.mark()
+    code, _, body, _ = sidecar.curl("/", extra=["--http1.1", "-X", "CONNECT",
+                                                "--request-target", "api.github.com:443"])
+    assert code in (400, 405), body
+    assert upstream.since(m) == []
