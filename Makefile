@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean
+.PHONY: setup build run test unit e2e lint fmt clean bench
 
 setup:
 	@scripts/setup.sh
@@ -26,6 +26,12 @@ unit: setup
 
 e2e: build
 	python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+## Benchmarks: direct vs proxypilot vs nginx and mitmproxy as sidecars, on loopback; prints the
+## tables and rewrites docs/benchmarks.md (~10 min). BENCH_ARGS=--quick for a smoke test.
+bench: build
+	@scripts/bench-setup.sh
+	python3 bench/bench.py $(BENCH_ARGS)
 
 lint: setup
 	cargo fmt --check
