@@ -10,6 +10,7 @@ mod certstore;
 mod cli;
 mod config;
 mod flysrc;
+mod memory;
 mod metrics;
 mod processor;
 mod proxy;
@@ -23,7 +24,11 @@ mod tokenizer;
 fn main() {
     env_logger::Builder::from_env(
         env_logger::Env::default()
-            .default_filter_or("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"),
+            // pingora_core::connectors only logs a harmless pool race at ERROR; our own lines
+            // report every upstream failure with its reason.
+            .default_filter_or(
+                "info,pingora_core=warn,pingora_proxy=warn,pingora=warn,pingora_core::connectors=off",
+            ),
     )
     .format_timestamp_millis()
     .init();

@@ -32,7 +32,7 @@ pub enum Edit {
 }
 
 /// Plan the edit for one processor; every fmt/dst rule is checked here, before any byte moves.
-pub fn plan(processor: Processor, params: &Params) -> Result<Edit, SecretError> {
+pub fn plan(processor: &Processor, params: &Params) -> Result<Edit, SecretError> {
     match processor {
         Processor::Inject(p) => {
             if p.token.is_empty() {
@@ -61,9 +61,9 @@ pub fn plan(processor: Processor, params: &Params) -> Result<Edit, SecretError> 
             p.fmt_dst.apply_fmt(params, FmtArg::Bin(&[]))?;
             p.fmt_dst.choose_dst(params)?;
             match params.get("msg") {
-                Some(msg) => hmac_header(&p, params, msg.as_bytes()),
+                Some(msg) => hmac_header(p, params, msg.as_bytes()),
                 None => Ok(Edit::HmacOfBody {
-                    processor: p,
+                    processor: p.clone(),
                     params: params.clone(),
                 }),
             }
@@ -153,7 +153,7 @@ mod tests {
 
     fn edit(json: &str, params: &Params) -> Result<Edit, SecretError> {
         let c = Secret::from_json(json.as_bytes()).unwrap().check().unwrap();
-        plan(c.processor, params)
+        plan(&c.processor, params)
     }
 
     fn header(e: Edit) -> (String, String) {

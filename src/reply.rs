@@ -45,6 +45,7 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
                 (502, format!("{what}: {why}{detail}"))
             }
             ErrorSource::Downstream => match etype {
+                ErrorType::H2Error => (0, "client reset the stream".into()),
                 ErrorType::ReadError
                 | ErrorType::WriteError
                 | ErrorType::ConnectionClosed

@@ -178,6 +178,7 @@ pub struct Checked {
     pub allowed_host_pattern: Option<regex::Regex>,
 }
 
+#[derive(Clone)]
 pub enum Processor {
     Inject(InjectProcessor),
     Hmac(InjectHmacProcessor),

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ipnet::IpNet;
 use openssl::x509::X509;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -41,7 +42,7 @@ use crate::processor::{hmac_header, plan, Edit, StreamReplace};
 use crate::reply::{self, refuse};
 use crate::resolve::{forbidden, lookup, ConnectTo, NameCache};
 use crate::sealing::{OpenKey, TokenizerHeader};
-use crate::secret::{Secret, SecretError};
+use crate::secret::{Checked, Secret, SecretError};
 
 pub const HEADER: &str = "Proxy-Tokenizer";
 /// Largest body the tokenizer reads whole to compute an HMAC over it.
@@ -76,6 +77,43 @@ pub const CLIENT_IDLE: u64 = 75;
 pub struct Tokenizer {
     settings: Arc<Settings>,
     names: NameCache,
+    opened: SecretCache,
+}
+
+/// Secrets already opened and checked, by their sealed form. Opening costs two X25519
+/// operations, and a sidecar sends the same few sealed secrets on every request. Only what
+/// depends on the secret alone is cached: authorization and validators run on every request.
+/// Entries are wiped (zeroized) when evicted. Failures are never cached.
+struct SecretCache {
+    entries: std::sync::Mutex<lru::LruCache<String, Arc<Checked>>>,
+}
+
+impl SecretCache {
+    const CAPACITY: usize = 1024;
+
+    fn new() -> Self {
+        SecretCache {
+            entries: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(Self::CAPACITY).expect("non-zero"),
+            )),
+        }
+    }
+
+    fn open(&self, key: &OpenKey, sealed: &str) -> Result<Arc<Checked>> {
+        if let Some(c) = self.entries.lock().unwrap().get(sealed) {
+            return Ok(c.clone());
+        }
+        let json = key.open(sealed).or_else(|e| bad_request(e.to_string()))?;
+        let checked = Secret::from_json(&json)
+            .and_then(Secret::check)
+            .or_else(secret_error)?;
+        let checked = Arc::new(checked);
+        self.entries
+            .lock()
+            .unwrap()
+            .put(sealed.to_string(), checked.clone());
+        Ok(checked)
+    }
 }
 
 /// Where a request goes: `host` (no port) is dialled on `port` with TLS; `authority` is the
@@ -92,7 +130,7 @@ pub struct Ctx {
     target: Option<Target>,
     headers: Vec<(String, Zeroizing<String>)>,
     body: Vec<StreamReplace>,
-    secrets: Vec<String>,
+    secrets: Vec<Arc<Checked>>,
     fly_src: Option<FlySrc>,
     started: Option<Instant>,
     reason: Option<String>,
@@ -133,6 +171,7 @@ impl Tokenizer {
         Tokenizer {
             settings: Arc::new(settings),
             names: NameCache::default(),
+            opened: SecretCache::new(),
         }
     }
 
@@ -293,20 +332,13 @@ impl ProxyHttp for Tokenizer {
                 .to_str()
                 .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad tokenizer header"))?;
             let header = TokenizerHeader::parse(value).or_else(bad_request)?;
-            let json = self
-                .settings
-                .open_key
-                .open(&header.sealed)
-                .or_else(|e| bad_request(e.to_string()))?;
-            let checked = Secret::from_json(&json)
-                .and_then(Secret::check)
-                .or_else(secret_error)?;
-            ctx.secrets.push(checked.summary());
+            let checked = self.opened.open(&self.settings.open_key, &header.sealed)?;
+            ctx.secrets.push(checked.clone());
             authorize(&checked.auth, &creds).or_else(secret_error)?;
             checked
                 .validate_host(&target.authority)
                 .or_else(secret_error)?;
-            match plan(checked.processor, &header.params).or_else(secret_error)? {
+            match plan(&checked.processor, &header.params).or_else(secret_error)? {
                 Edit::Header { name, value } => ctx.headers.push((name, value)),
                 Edit::Body(r) => ctx.body.push(r),
                 Edit::HmacOfBody { processor, params } => hmac_jobs.push((processor, params)),
@@ -451,11 +483,23 @@ impl ProxyHttp for Tokenizer {
         true
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // No response compression: nothing to set up per request.
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let level = if (200..400).contains(&status) {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        if !log::log_enabled!(level) {
+            return;
+        }
         let req = session.req_header();
         let host = ctx
             .target
@@ -470,6 +514,7 @@ impl ProxyHttp for Tokenizer {
             .started
             .map(|s| s.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
+        let secrets: Vec<String> = ctx.secrets.iter().map(|c| c.summary()).collect();
         let fly = ctx
             .fly_src
             .as_ref()
@@ -480,7 +525,8 @@ impl ProxyHttp for Tokenizer {
             .as_ref()
             .map(|r| format!(" reason={r:?}"))
             .unwrap_or_default();
-        let line = format!(
+        log::log!(
+            level,
             "{} {} {}{} status={} dur_ms={:.1} source={} secrets={:?}{}{}",
             req.method,
             host,
@@ -493,15 +539,10 @@ impl ProxyHttp for Tokenizer {
             status,
             ms,
             source,
-            ctx.secrets,
+            secrets,
             fly,
             reason
         );
-        if (200..400).contains(&status) {
-            log::info!("{line}");
-        } else {
-            log::warn!("{line}");
-        }
     }
 }
 
@@ -559,8 +600,14 @@ pub fn run(settings: Settings, opt: Opt) -> ! {
         "proxypilot tokenizer",
     );
     for addr in &listen {
-        svc.add_tcp(addr);
+        svc.add_listener(
+            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(
+                crate::proxy::L4_READ_BUFFER,
+                DEFAULT_L4_WRITE_BUFFER_SIZE,
+            )),
+        );
     }
     server.add_service(svc);
+    server.add_service(crate::memory::service());
     server.run_forever()
 }
