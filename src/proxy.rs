@@ -42,10 +42,6 @@ use crate::reply::{self, refuse};
 use crate::resolve::CachedName;
 use crate::spares::Spares;
 
-/// Per-connection read buffer under TLS: one TLS record (16 KiB + header) at a time. Pingora's
-/// default (64 KiB) costs 64 MiB for 1000 idle keep-alive clients.
-pub const L4_READ_BUFFER: usize = 17 * 1024;
-
 pub struct SidecarProxy {
     cfg: Arc<Sidecar>,
     store: Arc<CertStore>,
@@ -398,6 +394,10 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         tls.enable_h2();
         // Idle keep-alive connections give their TLS read/write buffers back (~34 KiB each).
         tls.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+        // OpenSSL buffers the socket itself (one read fetches whatever has arrived, up to a
+        // record), so the TCP layer below it needs no read buffer of its own: that buffer would
+        // stay allocated on every idle connection, where OpenSSL's is released when drained.
+        tls.set_read_ahead(true);
         tls_per_addr.push((addr.clone(), tls));
     }
     let cfg = Arc::new(cfg);
@@ -421,10 +421,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         svc.add_listener(
             ListenerConfig::tcp(addr)
                 .tls(tls)
-                .l4_buffer(L4BufferSettings::new(
-                    L4_READ_BUFFER,
-                    DEFAULT_L4_WRITE_BUFFER_SIZE,
-                )),
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
         );
     }
     server.add_service(svc);

@@ -599,12 +599,13 @@ pub fn run(settings: Settings, opt: Opt) -> ! {
         Tokenizer::new(settings),
         "proxypilot tokenizer",
     );
+    // No read buffer under pingora's own: it reads headers into its header buffer and bodies
+    // into its body buffer directly, and an idle keep-alive connection then holds neither.
+    // Pingora's default (64 KiB) would cost 64 MiB for 1000 idle connections.
     for addr in &listen {
         svc.add_listener(
-            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(
-                crate::proxy::L4_READ_BUFFER,
-                DEFAULT_L4_WRITE_BUFFER_SIZE,
-            )),
+            ListenerConfig::tcp(addr.as_str())
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
         );
     }
     server.add_service(svc);
