@@ -61,6 +61,9 @@ BODY = json.dumps(
 # Settings
 
 
+EXTRAS = ("memory", "sse", "handshakes", "tokenizer", "mint")
+
+
 @dataclass
 class Settings:
     duration: float = 4.0  # seconds measured per run
@@ -77,6 +80,7 @@ class Settings:
     handshakes: int = 1000  # sequential full handshakes per server
     mint_restarts: int = 10  # sidecar restarts for the first-handshake estimate
     null_modes: tuple = ("h1", "h2", "serial")  # modes run against the null tokenizer
+    tokenizer_conns: int = 16  # client connections for "our tokenizer alone"
     sse_events: int = 50
     sse_gap_ms: int = 20
 
@@ -321,15 +325,17 @@ H2LOAD_RE = {
 }
 
 
-def h2load(port, extra, log=None, timeout=120, on_main=None):
-    """Run h2load against https://api.github.com:PORT/user (dialling 127.0.0.1) and parse it.
+def h2load(port, extra, log=None, timeout=120, on_main=None, url=None):
+    """Run h2load against https://api.github.com:PORT/user (dialling 127.0.0.1), or `url` with
+    no extra headers, and parse it.
 
     With --warm-up-time, h2load prints a line when the measured phase starts and one when it
     ends (flushed as they happen); on_main(phase) is called at each ("start", "end"), and the
     measured phase's length is timed between them.
     """
-    args = ["h2load", "--connect-to", f"127.0.0.1:{port}", "-H", "Authorization: Bearer dummy",
-            *extra, f"https://{HOST}:{port}/user"]
+    args = (["h2load", *extra, url] if url else
+            ["h2load", "--connect-to", f"127.0.0.1:{port}", "-H", "Authorization: Bearer dummy",
+             *extra, f"https://{HOST}:{port}/user"])
     if log:
         log.unlink(missing_ok=True)
         args[1:1] = ["--log-file", str(log)]
@@ -764,13 +770,20 @@ proxypilot:
                              f"{r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
                              f"p99 {r['p99']:7.2f} ms{flag}")
 
-        if not a.skip_extras:
+        want = set(EXTRAS if not a.extras else a.extras.split(",")) - (
+            set(EXTRAS) if a.skip_extras else set())
+        if "memory" in want:
             self.check_alive()
             self.many_clients([c for c in scns if c.key in ("proxypilot", "nginx", "mitmproxy")])
+        if "sse" in want:
             self.sse({"direct": self.sse_up_port, "proxypilot": pp_port, "nginx": ng_port,
                       **({} if a.no_mitmproxy else {"mitmproxy": mp_port})})
-            self.check_alive()
+        self.check_alive()
+        if "handshakes" in want:
             self.handshakes(pp_port, ng_port)
+        if "tokenizer" in want:
+            self.tokenizer_alone()
+        if "mint" in want:
             self.mint_estimate()
             self.ca_bench()
         self.meta["load_after"] = os.getloadavg()
@@ -808,6 +821,68 @@ proxypilot:
                             "error": repr(e)}
             self.say(f"SSE via {key}: {out[key]}")
         self.extra["sse"] = out
+
+    def tokenizer_alone(self):
+        """Our tokenizer alone (client -> tokenizer -> upstream over TLS), keep-alive against a
+        new connection per request, the reference tokenizer's behaviour (`--close-connections`):
+        same requests, same run, interleaved, median of `runs`."""
+        s = self.s
+        close_port = free_port()
+        tclose = self.start("tokenizer-close", [
+            self.bin, "tokenizer", "--listen", f"127.0.0.1:{close_port}",
+            "--upstream-ca", str(self.pki / "ca.pem"),
+            "--connect-to", f"{HOST}:443:127.0.0.1:{self.up_port}",
+            "--threads", "2", "--close-connections"],
+            env={"OPEN_KEY": self.open_key, "RUST_LOG": self.a.rust_log})
+        wait_port(close_port, tclose)
+        hdrs = ["-H", f":authority: {HOST}", "-H", f"Proxy-Tokenizer: {self.sealed[HOST]}"]
+        rows = [  # key, port, process, client args, by count (the server closes)
+            ("keep-alive", self.tok_port, self.tokenizer, ["-c", str(s.tokenizer_conns)], False),
+            ("new connection per request (--close-connections)", close_port, tclose,
+             ["-c", str(s.tokenizer_conns), "-H", "Connection: close"], True),
+            ("keep-alive, 1 client (unloaded)", self.tok_port, self.tokenizer, ["-c", "1"], False),
+            ("new connection per request, 1 client (unloaded)", close_port, tclose,
+             ["-c", "1", "-H", "Connection: close"], True),
+        ]
+        log = self.work / "h2load-tokenizer.log"
+        out = {}
+        for i in range(s.runs):
+            for key, port, proc, args, by_count in rows:
+                url = f"http://127.0.0.1:{port}/user"
+                base = ["--h1", *hdrs, *args]
+                pids = tree(proc.pid)
+                tmo = s.duration * 6 + s.warmup * 6 + 60
+                if by_count:
+                    w = h2load(port, base + ["-n", str(max(100, int(s.warmup * 500)))], url=url,
+                               timeout=tmo)
+                    rate = w["ok"] / max(w["elapsed"], 1e-3) if not w.get("error") else 100
+                    c0 = cpu_seconds(pids)
+                    r = h2load(port, base + ["-n", str(max(100, int(rate * s.duration)))],
+                               url=url, log=log, timeout=tmo)
+                    c1 = cpu_seconds(pids)
+                else:
+                    cpu = {}
+                    r = h2load(port, base + ["--warm-up-time", dur(s.warmup), "-D",
+                                             dur(s.duration)], url=url, log=log, timeout=tmo,
+                               on_main=lambda ph, cpu=cpu, pids=pids: cpu.update(
+                                   {ph: cpu_seconds(pids)}))
+                    c0, c1 = cpu.get("start", 0.0), cpu.get("end", 0.0)
+                ok = r["ok"]
+                res = {"rps": ok / r["elapsed"] if r["elapsed"] else 0.0,
+                       "p50": pct(r.get("lat_us", []), 0.50) / 1000,
+                       "p99": pct(r.get("lat_us", []), 0.99) / 1000,
+                       "cpu10k": (c1 - c0) / ok * 10000 if ok else None,
+                       "bad": r["bad"], "error": r.get("error")}
+                out.setdefault(key, []).append(res)
+                self.say(f"run {i + 1}/{s.runs} tokenizer alone, {key}: {res['rps']:.0f} req/s "
+                         f"p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms"
+                         + (f" ERRORS={res['bad']}" if res["bad"] else "")
+                         + (f" ({res['error']})" if res["error"] else ""))
+        tclose.stop()
+        self.extra["tokenizer"] = {
+            k: {f: statistics.median([x[f] for x in v if x[f] is not None] or [float("nan")])
+                for f in ("rps", "p50", "p99", "cpu10k")} | {"bad": sum(x["bad"] for x in v)}
+            for k, v in out.items()}
 
     def handshakes(self, pp_port, ng_port):
         n = self.s.handshakes
@@ -994,6 +1069,29 @@ def report(b: Bench, command):
         for k, v in b.extra["handshakes"].items():
             X.append(f"| {k} | {v['p50']:.3f} | {v['p99']:.3f} | {v['rate']:,.0f} |")
         X.append("")
+    if "tokenizer" in b.extra:
+        X.append(f"Our tokenizer alone (h2load over HTTP/1.1 -> `proxypilot tokenizer` -> the "
+                 f"upstream over pooled TLS; origin-form with `Host: {HOST}` and the sealed "
+                 f"secret; {s.tokenizer_conns} client connections, or 1), keep-alive against a new "
+                 "connection per request like the reference tokenizer (`--close-connections`, "
+                 "client sends `Connection: close`). h2load times a request from writing it, so the p50 "
+                 "of a new-connection row leaves out the TCP connect; req/s includes it.")
+        X.append("")
+        X.append("| client connections | req/s | p50 ms | p99 ms | tokenizer CPU s/10k req | errors |")
+        X.append("|---|---:|---:|---:|---:|---:|")
+        for k, v in b.extra["tokenizer"].items():
+            X.append(f"| {k} | {v['rps']:,.0f} | {v['p50']:.2f} | {v['p99']:.2f} | "
+                     f"{fmt(v['cpu10k'], '.2f')} | {v['bad']} |")
+        t = b.extra["tokenizer"]
+        pairs = (("keep-alive", "new connection per request (--close-connections)"),
+                 ("keep-alive, 1 client (unloaded)",
+                  "new connection per request, 1 client (unloaded)"))
+        for ka, cl in pairs:
+            if ka in t and cl in t and t[cl]["rps"]:
+                X.append(f"- {ka} / new connection per request: throughput "
+                         f"{t[ka]['rps'] / t[cl]['rps']:.2f}x, p50 {t[ka]['p50']:.2f} vs "
+                         f"{t[cl]['p50']:.2f} ms")
+        X.append("")
     if "mint" in b.extra:
         m = b.extra["mint"]
         X.append(f"Minting, seen from outside: the first handshake for {HOST} after a sidecar "
@@ -1109,6 +1207,8 @@ def main():
     ap.add_argument("--modes", help="comma-separated client modes (h1,h2,close,serial)")
     ap.add_argument("--no-mitmproxy", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="no memory/SSE/handshake figures")
+    ap.add_argument("--extras", help="comma-separated extra figures to run (default all): "
+                    + ", ".join(EXTRAS))
     ap.add_argument("--bin", default=os.environ.get("PROXYPILOT_BIN")
                     or str(ROOT / "target" / "release" / "proxypilot"))
     ap.add_argument("--mitmdump", default=str(Path(os.environ.get(
