@@ -75,6 +75,8 @@ struct FileTokenizer {
     spares: usize,
     /// How long a spare may wait before it is replaced (default 30s).
     spare_max_age: Option<String>,
+    /// Extra CA (PEM) trusted for an `https://` tokenizer, besides the system's roots.
+    ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +106,8 @@ pub struct Tokenizer {
     /// Pre-connected spare connections (0: off).
     pub spares: usize,
     pub spare_max_age: Duration,
+    /// Extra trusted CA file for an `https://` tokenizer (checked to hold a PEM certificate).
+    pub ca: Option<PathBuf>,
 }
 
 /// One routed host. Built once at start; the request path only reads it.
@@ -374,6 +378,22 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     if s.tokenizer.spares > 64 {
         return Err(w.err("proxypilot.tokenizer.spares", "at most 64"));
     }
+    if let Some(ca) = &s.tokenizer.ca {
+        if !tls {
+            return Err(w.err(
+                "proxypilot.tokenizer.ca",
+                "only for an https:// tokenizer url",
+            ));
+        }
+        let pem = std::fs::read(ca)
+            .map_err(|e| w.err("proxypilot.tokenizer.ca", format!("{}: {e}", ca.display())))?;
+        if openssl::x509::X509::stack_from_pem(&pem).map_or(true, |c| c.is_empty()) {
+            return Err(w.err(
+                "proxypilot.tokenizer.ca",
+                format!("{}: no PEM certificate in it", ca.display()),
+            ));
+        }
+    }
     let tokenizer = Tokenizer {
         url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
         tls,
@@ -387,6 +407,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
             s.tokenizer.spare_max_age,
             Duration::from_secs(30),
         )?,
+        ca: s.tokenizer.ca,
     };
 
     let global_strip = header_names(
@@ -507,6 +528,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
             fly_src_optin: false,
             spares: 0,
             spare_max_age: Duration::from_secs(30),
+            ca: None,
         },
         routes,
         source: "environment (TARGETS)".into(),
@@ -584,6 +606,39 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("routes[0].host"), "{e}");
+    }
+
+    #[test]
+    fn tokenizer_ca_only_for_https_and_must_hold_a_certificate() {
+        std::env::set_var("PP_TEST_SEALED_CA", SEALED);
+        let route = "    - host: api.github.com\n      secret_env: PP_TEST_SEALED_CA\n";
+        let with = |url: &str, ca: &str| {
+            yaml(route).replace(
+                "    url: http://127.0.0.1:8080\n",
+                &format!("    url: {url}\n    ca: {ca}\n"),
+            )
+        };
+        let e = from_yaml(&with("http://127.0.0.1:8080", "/etc/hostname"), "c.yaml")
+            .err()
+            .unwrap();
+        assert_eq!(
+            e,
+            "c.yaml: proxypilot.tokenizer.ca: only for an https:// tokenizer url"
+        );
+        let e = from_yaml(&with("https://tok.example", "/etc/hostname"), "c.yaml")
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("proxypilot.tokenizer.ca") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = from_yaml(
+            &with("https://tok.example", "/nonexistent/ca.pem"),
+            "c.yaml",
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

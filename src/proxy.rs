@@ -40,7 +40,7 @@ use crate::config::{Route, Sidecar};
 use crate::metrics;
 use crate::reply::{self, refuse};
 use crate::resolve::CachedName;
-use crate::spares::Spares;
+use crate::spares::{Spares, TlsTo};
 
 pub struct SidecarProxy {
     cfg: Arc<Sidecar>,
@@ -111,11 +111,17 @@ impl SidecarProxy {
             cfg.tokenizer.port,
             Duration::from_secs(30),
         );
-        let spares = (cfg.tokenizer.spares > 0).then(|| {
+        let t = &cfg.tokenizer;
+        let spares = (t.spares > 0).then(|| {
+            let tls = t.tls.then(|| {
+                TlsTo::new(&t.host, roots.as_deref().map_or(&[][..], |r| &r[..]))
+                    .expect("TLS client context for the tokenizer")
+            });
             Arc::new(Spares::new(
-                cfg.tokenizer.spares,
-                cfg.tokenizer.spare_max_age,
+                t.spares,
+                t.spare_max_age,
                 Duration::from_secs(5),
+                tls,
             ))
         });
         SidecarProxy {
@@ -224,8 +230,15 @@ impl ProxyHttp for SidecarProxy {
                 format!("tokenizer {}: {e}", t.url),
             )
         })?;
-        let sni = if t.tls { t.host.clone() } else { String::new() };
-        let mut peer = HttpPeer::new(addr, t.tls, sni);
+        // With spares the TLS to an https:// tokenizer is made by `Spares`, so for pingora the
+        // peer speaks plain HTTP over the stream it is handed.
+        let pingora_tls = t.tls && self.spares.is_none();
+        let sni = if pingora_tls {
+            t.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, pingora_tls, sni);
         let o = &mut peer.options;
         o.alpn = ALPN::H1;
         o.connection_timeout = Some(Duration::from_secs(5));
@@ -234,7 +247,7 @@ impl ProxyHttp for SidecarProxy {
         o.write_timeout = Some(self.cfg.read_timeout);
         // Below the tokenizer's keep-alive so a pooled connection is not closed under a request.
         o.idle_timeout = Some(Duration::from_secs(50));
-        if t.tls {
+        if pingora_tls {
             o.ca = self.roots.clone();
         }
         if let Some(spares) = &self.spares {
@@ -379,7 +392,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     ));
     let roots = if cfg.tokenizer.tls {
         Some(Arc::new(
-            crate::tokenizer::upstream_roots(&[])?.into_boxed_slice(),
+            crate::tokenizer::upstream_roots(cfg.tokenizer.ca.as_slice())?.into_boxed_slice(),
         ))
     } else {
         None

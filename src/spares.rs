@@ -1,23 +1,34 @@
 //! Pre-connected spare connections to the tokenizer.
 //!
 //! A tokenizer that closes every connection (the reference does) makes each request pay a TCP
-//! handshake. This keeps a few connections already open and hands one to pingora whenever it
-//! needs a new connection (through `PeerOptions::custom_l4`), refilling in the background.
+//! handshake, and a TLS one for an `https://` tokenizer. This keeps a few connections already
+//! open (and their TLS handshake done) and hands one to pingora whenever it needs a new
+//! connection (through `PeerOptions::custom_l4`), refilling in the background. For an
+//! `https://` tokenizer the TLS is ours: the stream goes to pingora as a virtual socket, and the
+//! peer is plain HTTP to pingora, so every connection (spare or not) is made here, verified
+//! against the same roots and name.
 //! Spares older than `max_age`, or closed by the tokenizer meanwhile, are dropped unused.
 //! Owns: the spare queue and its refill; pingora's pool still owns connection reuse.
 //! Must not: hand out a connection the peer has already closed, or hold more than `want`.
 
 use async_trait::async_trait;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::{X509VerifyResult, X509};
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use std::collections::VecDeque;
 use std::net::SocketAddr as InetAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
 
 use crate::metrics;
 
@@ -28,41 +39,186 @@ pub struct Spares {
     inner: Arc<Inner>,
 }
 
+/// TLS to an `https://` tokenizer: verified against `roots`, for `host` (SNI and name check).
+pub struct TlsTo {
+    connector: SslConnector,
+    host: String,
+}
+
+impl TlsTo {
+    pub fn new(host: &str, roots: &[X509]) -> std::result::Result<Self, String> {
+        let mut b = SslConnector::builder(SslMethod::tls_client())
+            .map_err(|e| format!("TLS to the tokenizer: {e}"))?;
+        for c in roots {
+            // A root listed twice (system file plus `ca`) is not an error.
+            let _ = b.cert_store_mut().add_cert(c.clone());
+        }
+        b.set_verify(SslVerifyMode::PEER);
+        b.set_alpn_protos(b"\x08http/1.1")
+            .map_err(|e| format!("TLS to the tokenizer: {e}"))?;
+        Ok(TlsTo {
+            connector: b.build(),
+            host: host.to_string(),
+        })
+    }
+}
+
+/// One connection to the tokenizer, before pingora gets it.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(SslStream<TcpStream>),
+}
+
 #[derive(Default)]
 struct Inner {
-    queue: Mutex<VecDeque<(Instant, InetAddr, TcpStream)>>,
+    queue: Mutex<VecDeque<(Instant, InetAddr, Conn)>>,
     /// Connections being opened right now, so refills never overshoot `want`.
     opening: AtomicUsize,
+    tls: Option<TlsTo>,
 }
 
 impl std::fmt::Debug for Spares {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Spares(want={})", self.want)
+        write!(
+            f,
+            "Spares(want={}, tls={})",
+            self.want,
+            self.inner.tls.is_some()
+        )
     }
 }
 
-/// Still open and silent? A closed peer reads EOF; a peer that spoke first is not ours to use.
-fn alive(s: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+/// Still open and silent? A closed peer reads EOF; a peer that sent data is not ours to use.
+/// Under TLS a read also consumes what the server may send after its handshake (session
+/// tickets), which is not data.
+fn alive(c: &mut Conn) -> bool {
+    match c {
+        Conn::Tcp(s) => {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        Conn::Tls(s) => {
+            let mut b = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut b);
+            let mut cx = Context::from_waker(Waker::noop());
+            Pin::new(s).poll_read(&mut cx, &mut buf).is_pending()
+        }
+    }
+}
+
+/// A TLS stream handed to pingora as a socket: pingora speaks plain HTTP/1.1 over it.
+#[derive(Debug)]
+struct TlsSocket(SslStream<TcpStream>);
+
+impl VirtualSocket for TlsSocket {
+    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
+        match opt {
+            VirtualSockOpt::NoDelay => self.0.get_ref().set_nodelay(true),
+            // TCP keepalive and the rest: spares live for seconds, the tokenizer decides more.
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl From<Conn> for Stream {
+    fn from(c: Conn) -> Stream {
+        match c {
+            Conn::Tcp(s) => s.into(),
+            Conn::Tls(s) => VirtualSocketStream::new(Box::new(TlsSocket(s))).into(),
+        }
+    }
+}
+
+/// A new connection to the tokenizer: TCP, then TLS if it is `https://`.
+async fn open(inner: &Inner, addr: InetAddr, timeout: Duration) -> Result<Conn> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .or_err(ErrorType::ConnectTimedout, "connecting to the tokenizer")?
+        .or_err(ErrorType::ConnectRefused, "connecting to the tokenizer")?;
+    let _ = s.set_nodelay(true);
+    let Some(tls) = &inner.tls else {
+        return Ok(Conn::Tcp(s));
+    };
+    let ssl = tls
+        .connector
+        .configure()
+        .and_then(|c| c.into_ssl(&tls.host))
+        .or_err(ErrorType::TLSHandshakeFailure, "TLS to the tokenizer")?;
+    let mut s =
+        SslStream::new(ssl, s).or_err(ErrorType::TLSHandshakeFailure, "TLS to the tokenizer")?;
+    match tokio::time::timeout(timeout, Pin::new(&mut s).connect()).await {
+        Err(_) => Error::e_explain(
+            ErrorType::ConnectTimedout,
+            "TLS handshake with the tokenizer",
+        ),
+        Ok(Err(e)) => {
+            let what = format!("TLS handshake with the tokenizer {}", tls.host);
+            let verify = s.ssl().verify_result();
+            if verify != X509VerifyResult::OK {
+                Error::e_because(
+                    ErrorType::InvalidCert,
+                    what,
+                    verify.error_string().to_string(),
+                )
+            } else {
+                Error::e_because(ErrorType::TLSHandshakeFailure, what, e.to_string())
+            }
+        }
+        Ok(Ok(())) => Ok(Conn::Tls(s)),
+    }
 }
 
 impl Spares {
-    pub fn new(want: usize, max_age: Duration, connect_timeout: Duration) -> Self {
+    /// `tls`: the tokenizer is `https://`; every connection is then made (and verified) here.
+    pub fn new(
+        want: usize,
+        max_age: Duration,
+        connect_timeout: Duration,
+        tls: Option<TlsTo>,
+    ) -> Self {
         Spares {
             want,
             max_age,
             connect_timeout,
-            inner: Arc::new(Inner::default()),
+            inner: Arc::new(Inner {
+                tls,
+                ..Inner::default()
+            }),
         }
     }
 
     /// A live spare for `addr`, if one is waiting.
-    fn take(&self, addr: InetAddr) -> Option<TcpStream> {
+    fn take(&self, addr: InetAddr) -> Option<Conn> {
         let mut q = self.inner.queue.lock().unwrap();
-        while let Some((born, a, s)) = q.pop_front() {
-            if a == addr && born.elapsed() < self.max_age && alive(&s) {
-                return Some(s);
+        while let Some((born, a, mut c)) = q.pop_front() {
+            if a == addr && born.elapsed() < self.max_age && alive(&mut c) {
+                return Some(c);
             }
         }
         None
@@ -80,16 +236,15 @@ impl Spares {
             let inner = inner.clone();
             let timeout = self.connect_timeout;
             tokio::spawn(async move {
-                let res = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
-                if let Ok(Ok(s)) = res {
-                    let _ = s.set_nodelay(true);
-                    inner
+                match open(&inner, addr, timeout).await {
+                    Ok(c) => inner
                         .queue
                         .lock()
                         .unwrap()
-                        .push_back((Instant::now(), addr, s));
-                } else {
-                    log::debug!("could not pre-connect a spare to the tokenizer at {addr}");
+                        .push_back((Instant::now(), addr, c)),
+                    Err(e) => {
+                        log::debug!("could not pre-connect a spare to the tokenizer at {addr}: {e}")
+                    }
                 }
                 inner.opening.fetch_sub(1, Ordering::SeqCst);
             });
@@ -108,15 +263,11 @@ impl L4Connect for Spares {
         };
         let spare = self.take(inet);
         self.refill(inet);
-        if let Some(s) = spare {
+        if let Some(c) = spare {
             metrics::SPARES_USED.inc();
-            return Ok(s.into());
+            return Ok(c.into());
         }
-        let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(inet))
-            .await
-            .or_err(ErrorType::ConnectTimedout, "connecting to the tokenizer")?
-            .or_err(ErrorType::ConnectRefused, "connecting to the tokenizer")?;
-        Ok(s.into())
+        Ok(open(&self.inner, inet, self.connect_timeout).await?.into())
     }
 }
 
@@ -138,7 +289,7 @@ mod tests {
                 keep.push(s);
             }
         });
-        let spares = Spares::new(2, Duration::from_secs(30), Duration::from_secs(2));
+        let spares = Spares::new(2, Duration::from_secs(30), Duration::from_secs(2), None);
         let paddr = SocketAddr::Inet(addr);
         // First call: no spare yet, connects directly and starts the refill.
         spares.connect(&paddr).await.unwrap();
@@ -162,7 +313,7 @@ mod tests {
     async fn closed_spares_are_skipped() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let spares = Spares::new(1, Duration::from_secs(30), Duration::from_secs(2));
+        let spares = Spares::new(1, Duration::from_secs(30), Duration::from_secs(2), None);
         let c = TcpStream::connect(addr).await.unwrap();
         let (mut server_side, _) = listener.accept().await.unwrap();
         spares
@@ -170,7 +321,7 @@ mod tests {
             .queue
             .lock()
             .unwrap()
-            .push_back((Instant::now(), addr, c));
+            .push_back((Instant::now(), addr, Conn::Tcp(c)));
         server_side.shutdown().await.unwrap();
         drop(server_side);
         tokio::time::sleep(Duration::from_millis(50)).await;
