@@ -80,6 +80,7 @@ class Settings:
     handshakes: int = 1000  # sequential full handshakes per server
     mint_restarts: int = 10  # sidecar restarts for the first-handshake estimate
     null_modes: tuple = ("h1", "h2", "serial")  # modes run against the null tokenizer
+    tls_relay_modes: tuple = ("h1", "serial")  # modes run through the TLS relay
     tokenizer_conns: int = 16  # client connections for "our tokenizer alone"
     sse_events: int = 50
     sse_gap_ms: int = 20
@@ -463,7 +464,8 @@ class Bench:
         sh(["openssl", "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr",
             "-subj", f"/CN={HOST}"], cwd=pki)
         (pki / "ext.cnf").write_text(
-            f"subjectAltName=DNS:{HOST},DNS:{SSE_HOST}\nextendedKeyUsage=serverAuth\n")
+            f"subjectAltName=DNS:{HOST},DNS:{SSE_HOST},DNS:localhost\n"
+            "extendedKeyUsage=serverAuth\n")
         sh(["openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf"], cwd=pki)
         (pki / "combined.pem").write_text((pki / "leaf.key").read_text()
@@ -547,10 +549,14 @@ http {{
             "--threads", "2"], env={"OPEN_KEY": self.open_key, "RUST_LOG": self.a.rust_log})
         wait_port(port, self.tokenizer)
 
-    def sidecar_yaml(self, name, port, tokenizer_port, spares=None, extra=""):
+    def sidecar_yaml(self, name, port, tokenizer_port, spares=None, extra="", tls=False):
         d = self.work / name
         d.mkdir(exist_ok=True)
         spares_line = f"\n    spares: {spares}" if spares is not None else ""
+        url = f"http://127.0.0.1:{tokenizer_port}"
+        if tls:  # an https:// tokenizer with a certificate from the bench CA
+            url = f"https://localhost:{tokenizer_port}"
+            spares_line += f"\n    ca: {self.pki / 'ca.pem'}"
         conf = d / "proxy.yaml"
         conf.write_text(f"""\
 version: 1
@@ -563,7 +569,7 @@ proxypilot:
     cert: {d}/ca/ca.pem
     key: {d}/ca/ca-key.pem
   tokenizer:
-    url: http://127.0.0.1:{tokenizer_port}{spares_line}
+    url: {url}{spares_line}
   routes:
     - host: {HOST}
       secret_env: PP_SEALED_GITHUB
@@ -576,9 +582,9 @@ proxypilot:
         return {"PP_SEALED_GITHUB": self.sealed[HOST], "PP_SEALED_ANTHROPIC": self.sealed[SSE_HOST],
                 "RUST_LOG": self.a.rust_log}
 
-    def start_sidecar(self, name, tokenizer_port, spares=None, extra=""):
+    def start_sidecar(self, name, tokenizer_port, spares=None, extra="", tls=False):
         port = free_port()
-        conf = self.sidecar_yaml(name, port, tokenizer_port, spares, extra)
+        conf = self.sidecar_yaml(name, port, tokenizer_port, spares, extra, tls)
         p = self.start(name, [self.bin, "serve", "-c", str(conf)], env=self.sidecar_env())
         wait_port(port, p)
         return p, port
@@ -629,11 +635,14 @@ proxypilot:
         wait_port(port, p, timeout=90)
         return p, port
 
-    def start_relay(self):
-        ready = self.work / "relay.port"
-        p = self.start("relay", [sys.executable, str(BENCH / "relay.py"),
-                                 "--target", f"127.0.0.1:{self.tok_port}",
-                                 "--rtt-ms", str(self.s.rtt_ms), "--ready", str(ready)])
+    def start_relay(self, tls=False):
+        name = "relay-tls" if tls else "relay"
+        ready = self.work / f"{name}.port"
+        tls_args = ["--tls-cert", str(self.pki / "leaf.pem"),
+                    "--tls-key", str(self.pki / "leaf.key")] if tls else []
+        p = self.start(name, [sys.executable, str(BENCH / "relay.py"),
+                              "--target", f"127.0.0.1:{self.tok_port}",
+                              "--rtt-ms", str(self.s.rtt_ms), "--ready", str(ready), *tls_args])
         return p, int(wait_file(ready, p))
 
     # -- checks ---------------------------------------------------------------------------------
@@ -728,6 +737,15 @@ proxypilot:
             note = "spares: not implemented yet" if n is None else f"spares: {n}"
             scns.append(Scenario(name, f"proxypilot via relay ({s.rtt_ms:g} ms RTT, close)",
                                  port, pids=(lambda p=p: p.pid), note=note))
+        if self.spares:
+            # The same behind TLS: an https:// tokenizer, where a spare also saves TLS's round trip.
+            _, tls_relay_port = self.start_relay(tls=True)
+            for n in (0, s.spares):
+                name = f"relaytls-spares{n}"
+                p, port = self.start_sidecar(name, tls_relay_port, spares=n, tls=True)
+                scns.append(Scenario(
+                    name, f"proxypilot via TLS relay (https tokenizer, {s.rtt_ms:g} ms RTT, close)",
+                    port, pids=(lambda p=p: p.pid), note=f"spares: {n}", modes=s.tls_relay_modes))
         if s.null_modes:
             ppn, ppn_port = self.start_sidecar("proxypilot-null", self.null_port)
             ngn, ngn_port = self.start_nginx_sidecar("nginx-null", self.null_port)
@@ -1026,14 +1044,16 @@ def report(b: Bench, command):
             R.append(f"- sidecar alone (null tokenizer), proxypilot/nginx {mode.short}: throughput "
                      f"{p['rps'] / o['rps']:.2f}x, p50 latency {p['p50'] / o['p50']:.2f}x, "
                      f"sidecar CPU per request {p['cpu10k'] / o['cpu10k']:.2f}x")
-    with_spares = [c.key for c in b.scns if c.key.startswith("relay-spares")]
-    if len(with_spares) == 2:
+    for prefix, what in (("relay-spares", "relay"), ("relaytls-spares", "TLS relay")):
+        with_spares = [c.key for c in b.scns if c.key.startswith(prefix)]
+        if len(with_spares) != 2:
+            continue
         for mode in b.modes:
             z, n = summary.get((with_spares[0], mode.key)), summary.get((with_spares[1], mode.key))
             if z and n:
-                R.append(f"- relay with {with_spares[1][12:]} spares / without, {mode.short}: "
-                         f"throughput {n['rps'] / z['rps']:.2f}x, p50 {n['p50']:.2f} ms vs "
-                         f"{z['p50']:.2f} ms")
+                R.append(f"- {what} with {with_spares[1][len(prefix):]} spares / without, "
+                         f"{mode.short}: throughput {n['rps'] / z['rps']:.2f}x, p50 "
+                         f"{n['p50']:.2f} ms vs {z['p50']:.2f} ms")
     ratios = "\n".join(R)
 
     X = []
@@ -1165,6 +1185,10 @@ proxies for the same cores: compare rows with each other, not with other machine
   ways) and delays each direction by {s.rtt_ms / 2:g} ms ({s.rtt_ms:g} ms RTT), plus one RTT
   for the TCP handshake of each new connection. It is Python: it caps throughput, so read
   this row for latency. {spares}.
+- **proxypilot via TLS relay** ({", ".join(s.tls_relay_modes)}): the same relay serving TLS
+  (certificate for `localhost` from the bench CA), so the sidecar's tokenizer is
+  `https://localhost:PORT` with `ca:` set; a new connection pays one more RTT for TLS 1.3's
+  handshake, which a spare has already done.
 - **null tokenizer** rows ({", ".join(s.null_modes) or "not run"}): proxypilot and nginx
   as above, but their tokenizer is a static answer (nginx, plain HTTP, `return 200` with the
   same body), so the sidecar alone is measured. In the rows above, our tokenizer (which opens

@@ -14,6 +14,10 @@ For every accepted connection it opens a new connection to --target and
   connected in advance (a "spare") has already paid that round trip when it sends its request;
   one that connects per request pays it on the request's critical path.
 
+With --tls-cert/--tls-key it is an `https://` tokenizer: it terminates TLS (listening on
+127.0.0.1 and ::1, one port, for `https://localhost:PORT`) and the first request bytes wait one
+round trip more, for TLS 1.3's handshake.
+
 Only for benchmarks: one request per connection, no pipelining, heads up to 64 KiB.
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import os
 import re
 import socket
+import ssl
 
 HEAD_LIMIT = 64 * 1024
 CONNECTION_RE = re.compile(rb"^(connection|keep-alive|proxy-connection)\s*:.*$", re.I | re.M)
@@ -78,10 +83,12 @@ class DelayedWriter:
 
 
 class Relay:
-    def __init__(self, target, rtt):
+    def __init__(self, target, rtt, tls=False):
         self.target = target
         self.half = rtt / 2.0
         self.rtt = rtt
+        # Round trips before the first request byte can leave: TCP's handshake, and TLS 1.3's.
+        self.setup = rtt * (2 if tls else 1)
         self.connections = 0
 
     async def handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter):
@@ -104,8 +111,8 @@ class Relay:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     to_target.finish(loop.time())
                     return
-                # The handshake round trip, then half a round trip to reach the target.
-                first = max(loop.time(), accepted + self.rtt) + self.half
+                # The handshake round trip(s), then half a round trip to reach the target.
+                first = max(loop.time(), accepted + self.setup) + self.half
                 to_target.send(force_close(head), first)
                 while True:
                     try:
@@ -161,12 +168,24 @@ async def main():
     ap.add_argument("--target", required=True, help="HOST:PORT of the keep-alive server")
     ap.add_argument("--rtt-ms", type=float, default=10.0, help="simulated round trip (ms)")
     ap.add_argument("--ready", help="file to write the bound port into")
+    ap.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; needs --tls-key)")
+    ap.add_argument("--tls-key")
     a = ap.parse_args()
     lhost, _, lport = a.listen.rpartition(":")
     thost, _, tport = a.target.rpartition(":")
-    relay = Relay((thost, int(tport)), a.rtt_ms / 1000.0)
+    ctx = None
+    if a.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    relay = Relay((thost, int(tport)), a.rtt_ms / 1000.0, tls=ctx is not None)
+    port = int(lport)
+    if ctx is not None and port == 0:
+        with socket.socket() as probe:  # one port free on 127.0.0.1, used on ::1 too
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    hosts = ["127.0.0.1", "::1"] if ctx is not None else lhost
     server = await asyncio.start_server(
-        relay.handle, lhost, int(lport), limit=HEAD_LIMIT, backlog=4096
+        relay.handle, hosts, port, limit=HEAD_LIMIT, backlog=4096, ssl=ctx
     )
     port = server.sockets[0].getsockname()[1]
     if a.ready:
