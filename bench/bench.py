@@ -659,50 +659,55 @@ proxypilot:
 
     # -- load -------------------------------------------------------------------------------------
 
-    def measure(self, scn: Scenario, mode: Mode):
+    def timed_load(self, port, args, groups, by_count, warm_n, url=None, log=None):
+        """One h2load run with the warm-up left out. Returns h2load's parsed output, the rates
+        and percentiles of the measured part, and each pid group's CPU seconds per 10k answers.
+
+        By count when the server closes every connection (h2load -D does not finish then): a
+        warm-up of `warm_n` requests, then as many as the warm-up rate gives in `duration`,
+        timed by h2load. Otherwise one h2load: connections made and warmed up, then `duration`
+        measured on them."""
         s = self.s
-        log = self.work / "h2load.log"
-        pids = tree(scn.pids()) if scn.pids else []
-        tok = tree(self.tokenizer.pid)
         tmo = s.duration * 6 + s.warmup * 6 + 60
         cpu = {}
 
         def mark(phase):
-            cpu[phase] = (cpu_seconds(pids), cpu_seconds(tok))
+            cpu[phase] = [cpu_seconds(g) for g in groups]
 
-        reset_peak(pids)
-        if mode.by_count:
-            # h2load -D does not finish with Connection: close, so: a warm-up by count, then as
-            # many requests as the warm-up rate gives in `duration`, timed by h2load.
-            n0 = max(4 * s.close_conns, int(s.warmup * 150))
-            w = h2load(scn.port, mode.args + ["-n", str(n0)], timeout=tmo)
+        if by_count:
+            w = h2load(port, args + ["-n", str(warm_n)], url=url, timeout=tmo)
             rate = w["ok"] / max(w["elapsed"], 1e-3) if not w.get("error") else 50
-            count = ["-n", str(max(4 * s.close_conns, int(rate * s.duration)))]
             mark("start")
-            r = h2load(scn.port, mode.args + count, log=log, timeout=tmo)
+            r = h2load(port, args + ["-n", str(max(warm_n, int(rate * s.duration)))],
+                       url=url, log=log, timeout=tmo)
             mark("end")
         else:
-            # One h2load: connections made and warmed up, then `duration` measured on them.
-            r = h2load(scn.port, mode.args + ["--warm-up-time", dur(s.warmup),
-                                              "-D", dur(s.duration)],
-                       log=log, timeout=tmo, on_main=mark)
-        if "start" in cpu and "end" in cpu:
-            (c0, t0), (c1, t1) = cpu["start"], cpu["end"]
-        else:
-            c0 = c1 = t0 = t1 = 0.0
+            r = h2load(port, args + ["--warm-up-time", dur(s.warmup), "-D", dur(s.duration)],
+                       url=url, log=log, timeout=tmo, on_main=mark)
         ok = r["ok"]
-        res = {
+        used = ([b - a for a, b in zip(cpu["start"], cpu["end"])]
+                if "start" in cpu and "end" in cpu else [0.0] * len(groups))
+        stats = {
             "rps": ok / r["elapsed"] if r["elapsed"] else 0.0,
             "p50": pct(r.get("lat_us", []), 0.50) / 1000,
             "p99": pct(r.get("lat_us", []), 0.99) / 1000,
             "n": ok,
             "bad": r["bad"],
             "error": r.get("error"),
-            "cpu10k": (c1 - c0) / ok * 10000 if pids and ok else None,
-            "tok10k": (t1 - t0) / ok * 10000 if ok and scn.check and scn.key != "direct" else None,
-            "hwm": rss_mib(pids, "VmHWM") if pids else None,
         }
-        if r["bad"] or r.get("error") or not ok:
+        return r, stats, [u / ok * 10000 if ok else None for u in used]
+
+    def measure(self, scn: Scenario, mode: Mode):
+        s = self.s
+        pids = tree(scn.pids()) if scn.pids else []
+        reset_peak(pids)
+        r, res, (cpu10k, tok10k) = self.timed_load(
+            scn.port, mode.args, [pids, tree(self.tokenizer.pid)], mode.by_count,
+            warm_n=max(4 * s.close_conns, int(s.warmup * 150)), log=self.work / "h2load.log")
+        res["cpu10k"] = cpu10k if pids else None
+        res["tok10k"] = tok10k if scn.check and scn.key != "direct" else None
+        res["hwm"] = rss_mib(pids, "VmHWM") if pids else None
+        if r["bad"] or r.get("error") or not r["ok"]:
             (self.logs / "h2load-errors.log").open("a").write(
                 f"--- {scn.key} {mode.key}\n{r['out'][-3000:]}\n")
         return res
@@ -866,31 +871,11 @@ proxypilot:
         out = {}
         for i in range(s.runs):
             for key, port, proc, args, by_count in rows:
-                url = f"http://127.0.0.1:{port}/user"
-                base = ["--h1", *hdrs, *args]
-                pids = tree(proc.pid)
-                tmo = s.duration * 6 + s.warmup * 6 + 60
-                if by_count:
-                    w = h2load(port, base + ["-n", str(max(100, int(s.warmup * 500)))], url=url,
-                               timeout=tmo)
-                    rate = w["ok"] / max(w["elapsed"], 1e-3) if not w.get("error") else 100
-                    c0 = cpu_seconds(pids)
-                    r = h2load(port, base + ["-n", str(max(100, int(rate * s.duration)))],
-                               url=url, log=log, timeout=tmo)
-                    c1 = cpu_seconds(pids)
-                else:
-                    cpu = {}
-                    r = h2load(port, base + ["--warm-up-time", dur(s.warmup), "-D",
-                                             dur(s.duration)], url=url, log=log, timeout=tmo,
-                               on_main=lambda ph, cpu=cpu, pids=pids: cpu.update(
-                                   {ph: cpu_seconds(pids)}))
-                    c0, c1 = cpu.get("start", 0.0), cpu.get("end", 0.0)
-                ok = r["ok"]
-                res = {"rps": ok / r["elapsed"] if r["elapsed"] else 0.0,
-                       "p50": pct(r.get("lat_us", []), 0.50) / 1000,
-                       "p99": pct(r.get("lat_us", []), 0.99) / 1000,
-                       "cpu10k": (c1 - c0) / ok * 10000 if ok else None,
-                       "bad": r["bad"], "error": r.get("error")}
+                _, res, (cpu10k,) = self.timed_load(
+                    port, ["--h1", *hdrs, *args], [tree(proc.pid)], by_count,
+                    warm_n=max(100, int(s.warmup * 500)), url=f"http://127.0.0.1:{port}/user",
+                    log=log)
+                res["cpu10k"] = cpu10k
                 out.setdefault(key, []).append(res)
                 self.say(f"run {i + 1}/{s.runs} tokenizer alone, {key}: {res['rps']:.0f} req/s "
                          f"p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms"

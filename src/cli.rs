@@ -333,7 +333,11 @@ fn run_tokenizer(a: TokenizerArgs) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let listen = normalize_listen(&a.listen)?;
-    let roots = tokenizer::upstream_roots(&a.upstream_ca)?;
+    let mut extra = Vec::new();
+    for path in &a.upstream_ca {
+        extra.extend(tokenizer::ca_file(path).map_err(|e| format!("--upstream-ca {e}"))?);
+    }
+    let roots = tokenizer::upstream_roots(&extra);
     let read_timeout =
         config::parse_duration(&a.read_timeout).map_err(|e| format!("--read-timeout: {e}"))?;
     let seal_key = open_key.seal_key().to_hex();

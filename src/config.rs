@@ -106,8 +106,8 @@ pub struct Tokenizer {
     /// Pre-connected spare connections (0: off).
     pub spares: usize,
     pub spare_max_age: Duration,
-    /// Extra trusted CA file for an `https://` tokenizer (checked to hold a PEM certificate).
-    pub ca: Option<PathBuf>,
+    /// Extra trusted CA certificates for an `https://` tokenizer (from `ca`, parsed here).
+    pub ca: Vec<openssl::x509::X509>,
 }
 
 /// One routed host. Built once at start; the request path only reads it.
@@ -378,22 +378,18 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     if s.tokenizer.spares > 64 {
         return Err(w.err("proxypilot.tokenizer.spares", "at most 64"));
     }
-    if let Some(ca) = &s.tokenizer.ca {
-        if !tls {
+    let tokenizer_ca = match &s.tokenizer.ca {
+        Some(_) if !tls => {
             return Err(w.err(
                 "proxypilot.tokenizer.ca",
                 "only for an https:// tokenizer url",
-            ));
+            ))
         }
-        let pem = std::fs::read(ca)
-            .map_err(|e| w.err("proxypilot.tokenizer.ca", format!("{}: {e}", ca.display())))?;
-        if openssl::x509::X509::stack_from_pem(&pem).map_or(true, |c| c.is_empty()) {
-            return Err(w.err(
-                "proxypilot.tokenizer.ca",
-                format!("{}: no PEM certificate in it", ca.display()),
-            ));
+        Some(path) => {
+            crate::tokenizer::ca_file(path).map_err(|e| w.err("proxypilot.tokenizer.ca", e))?
         }
-    }
+        None => Vec::new(),
+    };
     let tokenizer = Tokenizer {
         url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
         tls,
@@ -407,7 +403,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
             s.tokenizer.spare_max_age,
             Duration::from_secs(30),
         )?,
-        ca: s.tokenizer.ca,
+        ca: tokenizer_ca,
     };
 
     let global_strip = header_names(
@@ -528,7 +524,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
             fly_src_optin: false,
             spares: 0,
             spare_max_age: Duration::from_secs(30),
-            ca: None,
+            ca: Vec::new(),
         },
         routes,
         source: "environment (TARGETS)".into(),
@@ -639,6 +635,16 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        // A good file is parsed once, here: the runtime config holds the certificates.
+        let cert = rcgen::generate_simple_self_signed(vec!["tok.example".into()]).unwrap();
+        let path = std::env::temp_dir().join(format!("pp-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, cert.cert.pem()).unwrap();
+        let c = from_yaml(
+            &with("https://tok.example", path.to_str().unwrap()),
+            "c.yaml",
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.unwrap().tokenizer.ca.len(), 1);
     }
 
     #[test]

@@ -49,6 +49,8 @@ impl TlsTo {
     pub fn new(host: &str, roots: &[X509]) -> std::result::Result<Self, String> {
         let mut b = SslConnector::builder(SslMethod::tls_client())
             .map_err(|e| format!("TLS to the tokenizer: {e}"))?;
+        // `roots` holds the system bundle too: the builder's default paths point into the
+        // vendored OpenSSL's own directory, which holds none.
         for c in roots {
             // A root listed twice (system file plus `ca`) is not an error.
             let _ = b.cert_store_mut().add_cert(c.clone());

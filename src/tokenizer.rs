@@ -546,9 +546,9 @@ impl ProxyHttp for Tokenizer {
     }
 }
 
-/// Load the roots for upstream TLS: the system bundle (wherever this OS keeps it; the vendored
-/// OpenSSL does not look there by itself) plus extra CA files.
-pub fn upstream_roots(extra: &[std::path::PathBuf]) -> std::result::Result<Vec<X509>, String> {
+/// The roots for upstream TLS: the system bundle (wherever this OS keeps it; the vendored
+/// OpenSSL does not look there by itself) plus `extra`, already parsed CA certificates.
+pub fn upstream_roots(extra: &[X509]) -> Vec<X509> {
     let mut roots = Vec::new();
     let probe = openssl_probe::probe();
     let system = std::env::var_os("SSL_CERT_FILE")
@@ -559,16 +559,17 @@ pub fn upstream_roots(extra: &[std::path::PathBuf]) -> std::result::Result<Vec<X
             roots.extend(X509::stack_from_pem(&pem).unwrap_or_default());
         }
     }
-    for path in extra {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let certs = X509::stack_from_pem(&pem)
-            .map_err(|_| format!("{}: not a PEM certificate file", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate in file", path.display()));
-        }
-        roots.extend(certs);
+    roots.extend(extra.iter().cloned());
+    roots
+}
+
+/// The certificates in a PEM CA file; the error names the file.
+pub fn ca_file(path: &std::path::Path) -> std::result::Result<Vec<X509>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        _ => Err(format!("{}: no PEM certificate in it", path.display())),
     }
-    Ok(roots)
 }
 
 /// Parse `--fly-src-trusted-net` values.
