@@ -22,6 +22,8 @@ mod spares;
 mod tokenizer;
 
 fn main() {
+    // Allocator settings first, before any thread exists (arenas are made per thread).
+    memory::tune();
     env_logger::Builder::from_env(
         env_logger::Env::default()
             // pingora_core::connectors only logs a harmless pool race at ERROR; our own lines

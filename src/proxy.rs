@@ -392,7 +392,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     ));
     let roots = if cfg.tokenizer.tls {
         Some(Arc::new(
-            crate::tokenizer::upstream_roots(cfg.tokenizer.ca.as_slice())?.into_boxed_slice(),
+            crate::tokenizer::upstream_roots(&cfg.tokenizer.ca).into_boxed_slice(),
         ))
     } else {
         None
@@ -411,6 +411,8 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         // record), so the TCP layer below it needs no read buffer of its own: that buffer would
         // stay allocated on every idle connection, where OpenSSL's is released when drained.
         tls.set_read_ahead(true);
+        tls.set_num_tickets(NUM_TICKETS)
+            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
         tls_per_addr.push((addr.clone(), tls));
     }
     let cfg = Arc::new(cfg);
@@ -441,6 +443,10 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     server.add_service(crate::memory::service());
     server.run_forever()
 }
+
+/// TLS 1.3 session tickets sent after each full handshake: one lets a client resume. OpenSSL
+/// sends two by default, each one more ticket to encrypt and write per handshake.
+const NUM_TICKETS: usize = 1;
 
 #[cfg(test)]
 mod tests {

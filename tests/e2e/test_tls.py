@@ -68,3 +68,27 @@ def test_leaf_properties(sidecar, workdir):
     assert "ASN1 OID: prime256v1" in text
     assert "CA:TRUE" not in text
     run(["openssl", "verify", "-CAfile", str(sidecar.ca), str(leaf)])
+
+
+def test_tls13_session_resumption(sidecar):
+    """A client that kept the session ticket resumes: one ticket per handshake is enough."""
+    ctx = ssl.create_default_context(cafile=str(sidecar.ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    def get(session=None):
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=20) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost", session=session) as t:
+                # The ticket arrives after the handshake; reading the answer takes it in.
+                t.sendall(b"GET /ca-cert.pem HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = b""
+                while chunk := t.recv(65536):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200"), data[:100]
+                return t.session, t.session_reused
+
+    first, reused = get()
+    assert not reused and first is not None and first.has_ticket
+    _, reused = get(first)
+    assert reused
