@@ -184,6 +184,11 @@ def tree(pid):
     return out
 
 
+# Seconds after the many clients left before RSS is read again: more than the sidecar's heap
+# trim period (memory::TRIM_EVERY, 10 s).
+AFTER_LEFT_S = 12
+
+
 def cpu_seconds(pids):
     total = 0
     for p in pids:
@@ -824,10 +829,15 @@ proxypilot:
             per = max(1, int(self.s.many_duration))
             r = h2load(scn.port, ["--h1", "-c", str(n), "--rps", "1", "-n", str(n * per)],
                        timeout=self.s.many_duration * 10 + 120)
-            out[scn.key] = {"hwm": rss_mib(pids, "VmHWM"), "rss": rss_mib(pids), "ok": r["ok"],
+            out[scn.key] = {"hwm": rss_mib(pids, "VmHWM"), "pids": pids, "ok": r["ok"],
                             "bad": r["bad"], "error": r.get("error")}
             self.say(f"{n} keep-alive clients via {scn.key}: peak RSS {out[scn.key]['hwm']:.1f} "
                      f"MiB, {r['ok']} ok, {r['bad']} failed")
+        # What each process gives back once the clients are gone: read after proxypilot's
+        # periodic heap trim has had its turn.
+        time.sleep(AFTER_LEFT_S)
+        for v in out.values():
+            v["rss"] = rss_mib(v.pop("pids"))
         self.extra["many"] = out
 
     def sse(self, ports):
@@ -1046,7 +1056,8 @@ def report(b: Bench, command):
         X.append("Memory (RSS, MiB; nginx = master + workers, shared pages counted per process):")
         X.append("")
         X.append("| process | idle (after start + 1 request) | peak with "
-                 f"{s.many_clients} keep-alive clients | after they left | requests ok / failed |")
+                 f"{s.many_clients} keep-alive clients | {AFTER_LEFT_S} s after they left | "
+                 "requests ok / failed |")
         X.append("|---|---:|---:|---:|---|")
         for k, v in b.extra["idle"].items():
             m = b.extra.get("many", {}).get(k)

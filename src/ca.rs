@@ -98,16 +98,11 @@ impl Ca {
         params.not_before = to_offset(now - BACKDATE);
         params.not_after = to_offset(now + lifetime);
         params.serial_number = Some(random_serial());
-        let mut subtrees = Vec::new();
-        for n in &permitted {
-            let ia5 = n
-                .as_str()
-                .try_into()
-                .map_err(|_| format!("{n:?} cannot be a DNS name constraint"))?;
-            subtrees.push(GeneralSubtree::DnsName(ia5));
-        }
         params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: subtrees,
+            permitted_subtrees: permitted
+                .iter()
+                .map(|n| GeneralSubtree::DnsName(n.to_string()))
+                .collect(),
             excluded_subtrees: vec![],
         });
         let cert = params

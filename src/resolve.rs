@@ -155,8 +155,11 @@ impl CachedName {
 /// Cache of resolved upstream names for the tokenizer (many names, short TTL).
 #[derive(Default)]
 pub struct NameCache {
-    entries: Mutex<HashMap<(String, u16), (Instant, Vec<SocketAddr>)>>,
+    entries: Mutex<HashMap<(String, u16), Resolved>>,
 }
+
+/// When a name was resolved, and its addresses.
+type Resolved = (Instant, Vec<SocketAddr>);
 
 impl NameCache {
     pub const TTL: Duration = Duration::from_secs(30);
