@@ -566,9 +566,9 @@ http {{
         conf = d / "proxy.yaml"
         conf.write_text(f"""\
 version: 1
-threads: 2
+threads: {self.a.threads}
 grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
+graceful_shutdown_timeout_seconds: 1{self.a.server_extra}
 proxypilot:
   listen: ["127.0.0.1:{port}"]{extra}
   ca:
@@ -1082,8 +1082,8 @@ def report(b: Bench, command):
                  "Python upstream): delay from the upstream stamping an event to the client "
                  "reading it.")
         X.append("")
-        X.append(f"| path | status | streams | events | median ms | worst event of a stream, "
-                 f"median over streams ms | worst event of all ms |")
+        X.append("| path | status | streams | events | median ms | worst event of a stream, "
+                 "median over streams ms | worst event of all ms |")
         X.append("|---|---:|---:|---:|---:|---:|---:|")
         for k, v in b.extra["sse"].items():
             X.append(f"| {k} | {v['status']} | {v['streams']} | {v['n']} | "
@@ -1179,7 +1179,7 @@ proxies for the same cores: compare rows with each other, not with other machine
 - **direct**: h2load to the upstream, nginx (1 worker) answering a fixed {len(BODY)}-byte JSON
   body over TLS (ECDSA P-256 certificate for {HOST} from a throwaway CA made with openssl at
   the start of the run), keep-alive on. The limit.
-- **proxypilot**: `proxypilot serve` (threads: 2, RUST_LOG={a.rust_log}) minting its certificate
+- **proxypilot**: `proxypilot serve` (threads: {a.threads}, RUST_LOG={a.rust_log}) minting its certificate
   for the SNI, dropping the dummy `Authorization`, adding `Proxy-Tokenizer`, and sending
   absolute-form requests over pooled HTTP/1.1 to `proxypilot tokenizer` (threads 2), which opens
   the sealed secret, writes the real `Authorization` and forwards over TLS to the upstream.
@@ -1249,6 +1249,10 @@ def main():
         "BENCH_VENV", Path.home() / ".cache" / "proxypilot" / "bench-venv")) / "bin" / "mitmdump"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for proxypilot (default warn)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument("--threads", type=int, default=1, help="the sidecar's worker threads (default 1, "
+                    "as conf/proxy.yaml; nginx runs 2 workers)")
+    ap.add_argument("--server-extra", default="", help="extra top-level (pingora) YAML lines for "
+                    "the sidecar, e.g. $'\\nwork_stealing: false'")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write --out")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     a = ap.parse_args()

@@ -264,8 +264,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         }
         None => {
             let cfg = config::from_env(|k| std::env::var(k).ok())?;
+            // One worker thread, as conf/proxy.yaml explains.
             let conf = pingora_core::server::configuration::ServerConf {
-                threads: 2,
+                threads: 1,
                 ..Default::default()
             };
             (cfg, conf)
