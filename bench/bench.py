@@ -563,12 +563,13 @@ http {{
         if tls:  # an https:// tokenizer with a certificate from the bench CA
             url = f"https://localhost:{tokenizer_port}"
             spares_line += f"\n    ca: {self.pki / 'ca.pem'}"
+        pingora_lines = "".join(f"\n{k}" for k in self.a.pingora)
         conf = d / "proxy.yaml"
         conf.write_text(f"""\
 version: 1
 threads: {self.a.threads}
 grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1{self.a.server_extra}
+graceful_shutdown_timeout_seconds: 1{pingora_lines}
 proxypilot:
   listen: ["127.0.0.1:{port}"]{extra}
   ca:
@@ -1251,8 +1252,9 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--threads", type=int, default=1, help="the sidecar's worker threads (default 1, "
                     "as conf/proxy.yaml; nginx runs 2 workers)")
-    ap.add_argument("--server-extra", default="", help="extra top-level (pingora) YAML lines for "
-                    "the sidecar, e.g. $'\\nwork_stealing: false'")
+    ap.add_argument("--pingora", action="append", default=[], metavar="'KEY: VALUE'",
+                    help="a top-level (pingora) key for the sidecar's config, e.g. "
+                    "'work_stealing: false' (repeatable)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write --out")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     a = ap.parse_args()
