@@ -11,9 +11,9 @@ use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use rand_core::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SerialNumber,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use std::fs;
 use std::io::Write;
@@ -56,8 +56,8 @@ fn random_serial() -> SerialNumber {
 
 /// Does `name` fall within the DNS subtree `base` (RFC 5280 §4.2.1.10)?
 pub fn within(name: &str, base: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let base = base.trim_end_matches('.').to_ascii_lowercase();
+    let name = crate::host::normalize(name);
+    let base = crate::host::normalize(base);
     if let Some(sub) = base.strip_prefix('.') {
         return name.ends_with(&format!(".{sub}"));
     }
@@ -103,7 +103,12 @@ impl Ca {
                 .iter()
                 .map(|n| GeneralSubtree::DnsName(n.to_string()))
                 .collect(),
-            excluded_subtrees: vec![],
+            // No IP address at all: without an iPAddress entry in either list, RFC 5280 leaves
+            // IP names unconstrained, and a leaked key could mint for 1.2.3.4.
+            excluded_subtrees: vec![
+                GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+                GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+            ],
         });
         let cert = params
             .self_signed(&key)
@@ -157,8 +162,21 @@ impl Ca {
         })
     }
 
-    /// Load the CA at `cert`/`key`.
+    /// Load the CA at `cert`/`key`. A key file that group or others may read or write is
+    /// refused, as ssh refuses such private keys.
     pub fn load(cert: &Path, key: &Path) -> Result<Ca, String> {
+        let mode = fs::metadata(key)
+            .map_err(|e| format!("reading {}: {e}", key.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "CA key {} is open to group or others (mode {mode:04o}); run `chmod 600 {}`",
+                key.display(),
+                key.display()
+            ));
+        }
         let cert_pem =
             fs::read_to_string(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
         let key_pem =
@@ -236,6 +254,28 @@ impl Ca {
     }
 }
 
+/// Whether a CA certificate's name constraints exclude every IPv4 and IPv6 address.
+pub fn excludes_all_ips(x509: &X509) -> bool {
+    let Ok(der) = x509.to_der() else { return false };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    let Ok(Some(nc)) = parsed.name_constraints() else {
+        return false;
+    };
+    let excluded: Vec<&[u8]> = nc
+        .value
+        .excluded_subtrees
+        .iter()
+        .flatten()
+        .filter_map(|s| match &s.base {
+            x509_parser::extensions::GeneralName::IPAddress(b) => Some(*b),
+            _ => None,
+        })
+        .collect();
+    excluded.contains(&&[0u8; 8][..]) && excluded.contains(&&[0u8; 32][..])
+}
+
 /// The permitted DNS subtrees of a CA certificate, or `None` when it has no name constraints.
 pub fn permitted_of(x509: &X509) -> Option<Vec<String>> {
     let der = x509.to_der().ok()?;
@@ -290,13 +330,46 @@ pub struct CaFiles {
     pub lifetime: Duration,
 }
 
+/// An exclusive `flock` on a directory, held while the CA files in it are read or made, so two
+/// processes starting at once cannot leave one's key beside the other's certificate.
+struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock, String> {
+        use std::os::unix::io::AsRawFd;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let f = fs::File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+        // SAFETY: flock on a file descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "locking {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(DirLock { _file: f })
+    }
+}
+
 impl CaFiles {
+    fn lock(&self) -> Result<DirLock, String> {
+        DirLock::take(self.key.parent().unwrap_or(Path::new(".")))
+    }
+
     /// Load the CA, creating it when both files are missing. When the routes no longer fit its
     /// name constraints, refuse — or, with `recreate`, make a new one.
     pub fn load_or_create(&self, names: &[String], recreate: bool) -> Result<(Ca, bool), String> {
+        let _lock = self.lock()?;
         let (has_cert, has_key) = (self.cert.exists(), self.key.exists());
         if !has_cert && !has_key {
-            return self.create(names).map(|ca| (ca, true));
+            return self.create_locked(names).map(|ca| (ca, true));
         }
         if has_cert != has_key {
             let (present, missing) = if has_cert {
@@ -318,6 +391,12 @@ impl CaFiles {
             if ca.permitted().is_none() {
                 log::warn!(
                     "CA {} has no name constraints: clients trusting it trust it for every name",
+                    self.cert.display()
+                );
+            } else if !excludes_all_ips(&ca.x509) {
+                log::warn!(
+                    "CA {} does not exclude IP addresses: its key could mint for any IP; \
+                     re-create it with `proxypilot ca init --force`",
                     self.cert.display()
                 );
             }
@@ -345,10 +424,16 @@ impl CaFiles {
             ));
         }
         log::warn!("{problem}; creating a new CA as asked (--recreate-ca)");
-        self.create(names).map(|ca| (ca, true))
+        self.create_locked(names).map(|ca| (ca, true))
     }
 
+    /// Make a new CA, replacing any (under the directory lock).
     pub fn create(&self, names: &[String]) -> Result<Ca, String> {
+        let _lock = self.lock()?;
+        self.create_locked(names)
+    }
+
+    fn create_locked(&self, names: &[String]) -> Result<Ca, String> {
         let (ca, key_pem) = Ca::create(names, self.lifetime)?;
         ca.save(&key_pem, &self.cert, &self.key)?;
         log::info!(
@@ -368,6 +453,7 @@ mod tests {
     use openssl::x509::store::X509StoreBuilder;
     use openssl::x509::verify::X509VerifyParam;
     use openssl::x509::X509StoreContext;
+    use std::sync::Arc;
 
     /// Verify `leaf` against `ca` as a TLS client would for `host`: Ok or OpenSSL's reason.
     fn verify(ca: &X509, leaf: &X509, host: &str) -> Result<(), String> {
@@ -375,6 +461,25 @@ mod tests {
         b.add_cert(ca.clone()).unwrap();
         let mut param = X509VerifyParam::new().unwrap();
         param.set_host(host).unwrap();
+        b.set_param(&param).unwrap();
+        let store = b.build();
+        let mut ctx = X509StoreContext::new().unwrap();
+        ctx.init(&store, leaf, &Stack::new().unwrap(), |c| {
+            Ok(if c.verify_cert()? {
+                Ok(())
+            } else {
+                Err(c.error().error_string().to_string())
+            })
+        })
+        .unwrap()
+    }
+
+    /// Verify `leaf` against `ca` as a TLS client would for the IP address `ip`.
+    fn verify_ip(ca: &X509, leaf: &X509, ip: &str) -> Result<(), String> {
+        let mut b = X509StoreBuilder::new().unwrap();
+        b.add_cert(ca.clone()).unwrap();
+        let mut param = X509VerifyParam::new().unwrap();
+        param.set_ip(ip.parse().unwrap()).unwrap();
         b.set_param(&param).unwrap();
         let store = b.build();
         let mut ctx = X509StoreContext::new().unwrap();
@@ -446,6 +551,76 @@ mod tests {
             .unwrap();
         assert!(fresh && again.permits("api.openai.com"));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ip_addresses_are_excluded_even_for_a_leaked_key() {
+        let (ca, _) = Ca::create(&["api.github.com".into()], Duration::from_secs(3600)).unwrap();
+        assert!(excludes_all_ips(&ca.x509));
+        for ip in ["1.2.3.4", "127.0.0.1", "::1", "2606:50c0:8000::64"] {
+            // Signed by the CA's own key, as someone holding a leaked key would.
+            let leaf = ca.sign_leaf(ip, Duration::from_secs(60)).unwrap();
+            let e = verify_ip(&ca.x509, &leaf.cert, ip).unwrap_err();
+            assert!(e.contains("excluded subtree violation"), "{ip}: {e}");
+        }
+        let old_style = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let old_style = X509::from_pem(old_style.cert.pem().as_bytes()).unwrap();
+        assert!(!excludes_all_ips(&old_style));
+    }
+
+    #[test]
+    fn key_open_to_others_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pp-ca-perm-{}", std::process::id()));
+        let files = CaFiles {
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca-key.pem"),
+            lifetime: Duration::from_secs(3600),
+        };
+        files.create(&["api.github.com".into()]).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            fs::set_permissions(&files.key, fs::Permissions::from_mode(mode)).unwrap();
+            let e = files
+                .load_or_create(&["api.github.com".into()], false)
+                .err()
+                .unwrap_or_else(|| panic!("mode {mode:o} accepted"));
+            assert!(e.contains("chmod 600"), "{e}");
+        }
+        fs::set_permissions(&files.key, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(files
+            .load_or_create(&["api.github.com".into()], false)
+            .is_ok());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn racing_creators_leave_a_matching_pair() {
+        for round in 0..5 {
+            let dir =
+                std::env::temp_dir().join(format!("pp-ca-race-{}-{round}", std::process::id()));
+            let files = Arc::new(CaFiles {
+                cert: dir.join("ca.pem"),
+                key: dir.join("ca-key.pem"),
+                lifetime: Duration::from_secs(3600),
+            });
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let f = files.clone();
+                    std::thread::spawn(move || {
+                        f.load_or_create(&["api.github.com".into()], false)
+                            .map(|(ca, _)| ca.cert_pem)
+                    })
+                })
+                .collect();
+            let pems: Vec<String> = threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect();
+            // Everyone got the same CA, and the files on disk match each other.
+            assert!(pems.iter().all(|p| p == &pems[0]));
+            let loaded = Ca::load(&files.cert, &files.key).unwrap();
+            assert_eq!(loaded.cert_pem, pems[0]);
+            fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

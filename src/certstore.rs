@@ -21,11 +21,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
 use crate::ca::{Ca, Leaf};
+use crate::conn::{ConnState, Limits};
+use crate::host::normalize;
+use crate::logging::Throttle;
 use crate::metrics;
-
-/// The TLS server name a connection was accepted for; read by the request phase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerName(pub String);
 
 type Slot = Arc<OnceCell<Arc<Leaf>>>;
 
@@ -35,11 +34,6 @@ pub struct CertStore {
     lifetime: Duration,
     cache: Mutex<LruCache<String, Slot>>,
     mints: AtomicU64,
-}
-
-/// Lower-case a server name and drop a trailing dot.
-pub fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 impl CertStore {
@@ -123,23 +117,34 @@ impl CertStore {
 /// pingora's TLS callbacks for the sidecar listeners.
 pub struct TlsCallbacks {
     pub store: Arc<CertStore>,
+    pub limits: Arc<Limits>,
 }
+
+/// Refused handshakes are logged at most a few times per interval: a client trying thousands
+/// of names must not flood the log (the metric counts every one).
+static REFUSED_LOG: Throttle = Throttle::new(10, Duration::from_secs(10));
 
 #[async_trait]
 impl TlsAccept for TlsCallbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let Some(sni) = ssl.servername(NameType::HOST_NAME).map(normalize) else {
-            log::warn!(
-                "refused TLS handshake: the client sent no SNI (clients that dial an IP address \
-                 send none; use a routed host name)"
-            );
+            if let Some(more) = REFUSED_LOG.allow() {
+                log::warn!(
+                    "refused TLS handshake: the client sent no SNI (clients that dial an IP \
+                     address send none; use a routed host name){more}"
+                );
+            }
             metrics::HANDSHAKES_REFUSED
                 .with_label_values(&["no_sni"])
                 .inc();
             return;
         };
         if !self.store.serves(&sni) {
-            log::warn!("refused TLS handshake for SNI {sni:?}: not a routed host");
+            if let Some(more) = REFUSED_LOG.allow() {
+                let shown: String = sni.chars().take(64).collect();
+                let cut = if shown.len() < sni.len() { "…" } else { "" };
+                log::warn!("refused TLS handshake for SNI {shown:?}{cut}: not a routed host{more}");
+            }
             metrics::HANDSHAKES_REFUSED
                 .with_label_values(&["unknown_sni"])
                 .inc();
@@ -168,7 +173,8 @@ impl TlsAccept for TlsCallbacks {
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let sni = ssl.servername(NameType::HOST_NAME).map(normalize)?;
-        Some(Arc::new(ServerName(sni)))
+        let permit = self.limits.try_admit();
+        Some(Arc::new(ConnState::new(sni, permit)))
     }
 }
 

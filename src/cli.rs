@@ -85,13 +85,13 @@ struct TokenizerArgs {
     #[arg(long, env = "FILTERED_HEADERS", value_delimiter = ',')]
     filtered_headers: Vec<String>,
     /// Allow requests that carry no sealed secret.
-    #[arg(long, env = "OPEN_PROXY", action = ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "OPEN_PROXY", action = ArgAction::SetTrue, value_parser = go_bool)]
     open_proxy: bool,
     /// Verify Fly-Src headers (needs the key in --fly-src-pubkey).
-    #[arg(long, env = "USE_FLYSRC", action = ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "USE_FLYSRC", action = ArgAction::SetTrue, value_parser = go_bool)]
     use_fly_src: bool,
     /// Refuse requests without a valid Fly-Src (implies --use-fly-src).
-    #[arg(long, env = "REQUIRE_FLYSRC", action = ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "REQUIRE_FLYSRC", action = ArgAction::SetTrue, value_parser = go_bool)]
     require_fly_src: bool,
     /// Comma-separated names and addresses of this tokenizer (origin-form requests for them are
     /// refused as circular).
@@ -227,6 +227,13 @@ struct CaInitArgs {
 struct CaShowArgs {
     #[arg(long, default_value = "certs/ca.pem")]
     cert: PathBuf,
+}
+
+/// A boolean as the reference tokenizer reads its environment (Go's `strconv.ParseBool`, an
+/// error counting as false): only 1, t, T, TRUE, true and True turn an option on, so
+/// `OPEN_PROXY=disabled` or `OPEN_PROXY=yes` leaves the open proxy off.
+fn go_bool(s: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(matches!(s, "1" | "t" | "T" | "TRUE" | "true" | "True"))
 }
 
 /// Parse the command line and run; returns the process exit code.
@@ -466,7 +473,7 @@ fn parse_env_line(line: &str) -> Result<Option<(String, String, Option<String>)>
         Some((h, hdr)) => (h.trim(), Some(hdr.trim().to_string())),
         None => (target.trim(), None),
     };
-    let host = config::check_host(host).map_err(|e| format!("{name}: {e}"))?;
+    let host = crate::host::check_dns_name(host).map_err(|e| format!("{name}: {e}"))?;
     if let Some(h) = &header {
         http::HeaderName::from_bytes(h.as_bytes())
             .map_err(|_| format!("{name}: {h:?} is not a header name"))?;
@@ -576,30 +583,51 @@ fn keygen(a: KeygenArgs) -> Result<(), String> {
 }
 
 /// Replace secret-bearing values in a secret's JSON with "<redacted>".
+/// Replace every value of a secret that might be secret with `<redacted>`. Only fields known to
+/// hold no secret keep their value (the routing and policy parts a reader needs); everything
+/// else, including every field of a processor or auth this build does not know, is hidden.
 fn redact(v: &mut serde_json::Value) {
-    const SECRET_KEYS: &[&str] = &[
-        "token",
-        "key",
-        "digest",
-        "access_token",
-        "refresh_token",
-        "secret_key",
-        "access_key",
-        "client_secret",
-        "password",
+    const SHOWN: &[&str] = &[
+        "dst",
+        "fmt",
+        "allowed_dst",
+        "allowed_fmt",
+        "hash",
+        "placeholder",
+        "allowed_hosts",
+        "allowed_host_pattern",
+        "allowed_orgs",
+        "allowed_apps",
+        "allowed_instances",
+        "app_id",
+        "installation_id",
+        "client_id",
+        "email",
+        "sub",
+        "scopes",
+        "token_url",
+        "no_swap",
     ];
     match v {
         serde_json::Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                if SECRET_KEYS.contains(&k.as_str()) && (val.is_string() || val.is_number()) {
-                    *val = serde_json::Value::String("<redacted>".into());
-                } else {
-                    redact(val);
+                if !SHOWN.contains(&k.as_str()) {
+                    redact_all(val);
                 }
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
+    }
+}
+
+/// Redact every leaf under `v` except the values of `SHOWN` keys (see `redact`).
+fn redact_all(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(_) => redact(v),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_all),
+        serde_json::Value::Null => {}
+        other => *other = serde_json::Value::String("<redacted>".into()),
     }
 }
 
@@ -728,6 +756,47 @@ mod tests {
             s.contains("\"dst\":\"X\"") && s.contains("allowed_hosts"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn redaction_hides_every_field_of_unknown_processors() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"github_app_processor":{"private_key":"LS0tPEM","app_id":"42","installation_id":"7"},
+                "jwt_processor":{"private_key":"UEVN","email":"a@b","scopes":"x"},
+                "future_processor":{"whatever":"SECRET1","nested":{"deep":"SECRET2","list":["SECRET3",5]}},
+                "oauth2_processor":{"token":{"access_token":"SECRET4","refresh_token":"SECRET5"}},
+                "sigv4_processor":{"access_key":"SECRET6","secret_key":"SECRET7"},
+                "client_credentials_processor":{"client_id":"cid","client_secret":"SECRET8"},
+                "macaroon_auth":{"key":"SECRET9"},
+                "inject_hmac_processor":{"key":"SECRETA","hash":"sha256"},
+                "allowed_hosts":["api.github.com"]}"#,
+        )
+        .unwrap();
+        redact(&mut v);
+        let s = v.to_string();
+        for secret in ["LS0tPEM", "UEVN", "SECRET", "5]"] {
+            assert!(!s.contains(secret), "{secret} in {s}");
+        }
+        for shown in [
+            "\"app_id\":\"42\"",
+            "\"hash\":\"sha256\"",
+            "api.github.com",
+            "\"client_id\":\"cid\"",
+        ] {
+            assert!(s.contains(shown), "{shown} not in {s}");
+        }
+    }
+
+    #[test]
+    fn booleans_read_like_go() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(go_bool(t).unwrap(), "{t}");
+        }
+        for f in [
+            "0", "f", "false", "FALSE", "disabled", "yes", "on", "", " true", "tRUE",
+        ] {
+            assert!(!go_bool(f).unwrap(), "{f}");
+        }
     }
 
     #[test]

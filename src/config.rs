@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 use crate::ca::CaFiles;
+use crate::host::Authority;
 use crate::sealing::TokenizerHeader;
 
 /// Headers removed from every request by default: the dummy credentials clients send.
@@ -46,6 +48,15 @@ struct FileSection {
     leaf_lifetime: Option<String>,
     #[serde(default)]
     read_timeout: Option<String>,
+    /// Longest wait for a whole request header once its first byte arrived (slowloris).
+    #[serde(default)]
+    client_header_timeout: Option<String>,
+    /// A client connection with no request in flight is closed after this long.
+    #[serde(default)]
+    client_idle_timeout: Option<String>,
+    /// At most this many client connections at once; more get 503.
+    #[serde(default)]
+    max_connections: Option<usize>,
     tokenizer: FileTokenizer,
     #[serde(default)]
     strip_headers: Option<Vec<String>>,
@@ -75,6 +86,8 @@ struct FileTokenizer {
     spares: usize,
     /// How long a spare may wait before it is replaced (default 30s).
     spare_max_age: Option<String>,
+    /// Longest wait for a TCP connection (and TLS handshake) to the tokenizer (default 5s).
+    connect_timeout: Option<String>,
     /// Extra CA (PEM) trusted for an `https://` tokenizer, besides the system's roots.
     ca: Option<PathBuf>,
 }
@@ -106,6 +119,7 @@ pub struct Tokenizer {
     /// Pre-connected spare connections (0: off).
     pub spares: usize,
     pub spare_max_age: Duration,
+    pub connect_timeout: Duration,
     /// Extra trusted CA certificates for an `https://` tokenizer (from `ca`, parsed here).
     pub ca: Vec<openssl::x509::X509>,
 }
@@ -129,12 +143,34 @@ impl std::fmt::Debug for Route {
     }
 }
 
+/// Limits on the sidecar's client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Default wait for a connection to the tokenizer.
+pub const TOKENIZER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The sidecar's validated runtime configuration.
 pub struct Sidecar {
     pub listen: Vec<String>,
     pub ca: CaFiles,
     pub leaf_lifetime: Duration,
     pub read_timeout: Duration,
+    pub client: ClientLimits,
     pub tokenizer: Tokenizer,
     pub routes: HashMap<String, Arc<Route>>,
     /// Serve the CA certificate at https://localhost:PORT/ca-cert.pem (always on; kept explicit
@@ -164,29 +200,6 @@ impl Where<'_> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 1h or 365d ({e})"))
-}
-
-/// A DNS host name as a route key: lower case, no port, no trailing dot.
-pub fn check_host(h: &str) -> Result<String, String> {
-    let host = h.trim().trim_end_matches('.').to_ascii_lowercase();
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if !ok {
-        return Err(format!(
-            "{h:?} is not a DNS host name (no scheme, port or path)"
-        ));
-    }
-    if host == "localhost" {
-        return Err("localhost is reserved for the sidecar's own answers".into());
-    }
-    Ok(host)
 }
 
 /// Check that a value looks like a sealed secret, without ever printing it.
@@ -237,26 +250,61 @@ fn header_names(list: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-pub fn parse_tokenizer_url(url: &str) -> Result<(bool, String, u16), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| format!("{url:?} is not a URL like http://tokenizer.flycast"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(format!("{url:?}: scheme must be http or https")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url:?}: no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{url:?}: a tokenizer URL has no path"));
+/// A tokenizer URL: `http[s]://[user:password@]host[:port][/]`.
+pub struct TokenizerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `user:password` from the URL, percent-decoded (tlsproxy sends it as Basic auth).
+    pub userinfo: Option<Zeroizing<String>>,
+}
+
+impl TokenizerUrl {
+    /// For messages: `scheme://host:port`, never the userinfo.
+    pub fn display(&self) -> String {
+        let a = Authority {
+            host: self.host.clone(),
+            port: Some(self.port),
+        };
+        format!("{}://{a}", if self.tls { "https" } else { "http" })
     }
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok((tls, host, port))
+}
+
+/// Parse a tokenizer URL. Errors never quote the URL, which may hold a password.
+pub fn parse_tokenizer_url(url: &str) -> Result<TokenizerUrl, String> {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    let (tls, rest) = if lower.starts_with("http://") {
+        (false, &url[7..])
+    } else if lower.starts_with("https://") {
+        (true, &url[8..])
+    } else {
+        return Err(
+            "not a URL like http://tokenizer.flycast (scheme must be http or https)".into(),
+        );
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if !tail.is_empty() && tail != "/" {
+        return Err("a tokenizer URL has no path, query or fragment".into());
+    }
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => {
+            let decoded = percent_encoding::percent_decode_str(u)
+                .decode_utf8()
+                .map_err(|_| "the URL's user:password is not UTF-8".to_string())?;
+            (Some(Zeroizing::new(decoded.into_owned())), h)
+        }
+        None => (None, authority),
+    };
+    let a = Authority::parse(hostport).map_err(|e| format!("the URL's host: {e}"))?;
+    let port = a.port.unwrap_or(if tls { 443 } else { 80 });
+    Ok(TokenizerUrl {
+        tls,
+        host: a.host,
+        port,
+        userinfo,
+    })
 }
 
 fn make_route(
@@ -354,6 +402,24 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         s.read_timeout,
         Duration::from_secs(600),
     )?;
+    let defaults = ClientLimits::default();
+    let client = ClientLimits {
+        header_timeout: dur(
+            "proxypilot.client_header_timeout",
+            s.client_header_timeout,
+            defaults.header_timeout,
+        )?,
+        idle_timeout: dur(
+            "proxypilot.client_idle_timeout",
+            s.client_idle_timeout,
+            defaults.idle_timeout,
+        )?,
+        max_connections: match s.max_connections {
+            None => defaults.max_connections,
+            Some(0) => return Err(w.err("proxypilot.max_connections", "must be at least 1")),
+            Some(n) => n,
+        },
+    };
     let ca_lifetime = dur(
         "proxypilot.ca.lifetime",
         s.ca.lifetime,
@@ -368,8 +434,16 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         lifetime: ca_lifetime,
     };
 
-    let (tls, host, port) =
+    let url =
         parse_tokenizer_url(&s.tokenizer.url).map_err(|e| w.err("proxypilot.tokenizer.url", e))?;
+    if url.userinfo.is_some() {
+        return Err(w.err(
+            "proxypilot.tokenizer.url",
+            "has a user:password; put the password in auth_env or auth_file instead, so the \
+             config file holds no credential",
+        ));
+    }
+    let (tls, host, port) = (url.tls, url.host.clone(), url.port);
     let proxy_authorization = tokenizer_auth(
         s.tokenizer.auth_env.as_deref(),
         s.tokenizer.auth_file.as_deref(),
@@ -391,7 +465,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         None => Vec::new(),
     };
     let tokenizer = Tokenizer {
-        url: format!("{}://{}:{}", if tls { "https" } else { "http" }, host, port),
+        url: url.display(),
         tls,
         host,
         port,
@@ -402,6 +476,11 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
             "proxypilot.tokenizer.spare_max_age",
             s.tokenizer.spare_max_age,
             Duration::from_secs(30),
+        )?,
+        connect_timeout: dur(
+            "proxypilot.tokenizer.connect_timeout",
+            s.tokenizer.connect_timeout,
+            TOKENIZER_CONNECT_TIMEOUT,
         )?,
         ca: tokenizer_ca,
     };
@@ -417,7 +496,8 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     let mut routes = HashMap::new();
     for (i, r) in s.routes.into_iter().enumerate() {
         let key = format!("proxypilot.routes[{i}]");
-        let host = check_host(&r.host).map_err(|e| w.err(&format!("{key}.host"), e))?;
+        let host =
+            crate::host::check_dns_name(&r.host).map_err(|e| w.err(&format!("{key}.host"), e))?;
         for p in r.params.keys() {
             if !["dst", "fmt", "msg", "placeholder"].contains(&p.as_str()) {
                 return Err(w.err(
@@ -443,6 +523,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         ca,
         leaf_lifetime,
         read_timeout,
+        client,
         tokenizer,
         routes,
         source: source.to_string(),
@@ -467,7 +548,21 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
             .map_err(|_| format!("PORT: {p:?} is not a port number"))?,
     };
     let url = get("PROXY").unwrap_or_else(|| DEFAULT_TOKENIZER.to_string());
-    let (tls, host, tport) = parse_tokenizer_url(&url).map_err(|e| format!("PROXY: {e}"))?;
+    let url = parse_tokenizer_url(&url).map_err(|e| format!("PROXY: {e}"))?;
+    // As tlsproxy: a user:password in PROXY becomes Basic auth to the tokenizer.
+    let proxy_authorization = match &url.userinfo {
+        None => None,
+        Some(userinfo) => {
+            use base64::Engine;
+            let b64 = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(userinfo.as_bytes()),
+            );
+            let mut v = HeaderValue::from_str(&format!("Basic {}", b64.as_str()))
+                .map_err(|_| "PROXY: the user:password is not a valid header value".to_string())?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+    };
     let strip = header_names(
         &DEFAULT_STRIP
             .iter()
@@ -479,7 +574,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
         let (h, env) = item
             .split_once('=')
             .ok_or_else(|| format!("TARGETS: {item:?} is not host=ENV_VAR_NAME"))?;
-        let host = check_host(h).map_err(|e| format!("TARGETS: {e}"))?;
+        let host = crate::host::check_dns_name(h).map_err(|e| format!("TARGETS: {e}"))?;
         let env = env.trim();
         let sealed = match get(env) {
             None => {
@@ -510,20 +605,19 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
         },
         leaf_lifetime: Duration::from_secs(3600),
         read_timeout: Duration::from_secs(600),
+        client: ClientLimits::default(),
         tokenizer: Tokenizer {
-            url: format!(
-                "{}://{}:{}",
-                if tls { "https" } else { "http" },
-                host,
-                tport
-            ),
-            tls,
-            host,
-            port: tport,
-            proxy_authorization: None,
-            fly_src_optin: false,
+            url: url.display(),
+            tls: url.tls,
+            host: url.host.clone(),
+            port: url.port,
+            proxy_authorization,
+            // tlsproxy asks for Fly-Src on every request, so that a tokenizer reached through
+            // tokenizer.fly.io can check fly_src_auth.
+            fly_src_optin: true,
             spares: 0,
             spare_max_age: Duration::from_secs(30),
+            connect_timeout: TOKENIZER_CONNECT_TIMEOUT,
             ca: Vec::new(),
         },
         routes,
@@ -673,15 +767,66 @@ mod tests {
 
     #[test]
     fn tokenizer_urls() {
+        let u = parse_tokenizer_url("https://tokenizer.fly.io").unwrap();
         assert_eq!(
-            parse_tokenizer_url("https://tokenizer.fly.io").unwrap(),
-            (true, "tokenizer.fly.io".into(), 443)
+            (u.tls, u.host.as_str(), u.port),
+            (true, "tokenizer.fly.io", 443)
         );
-        assert_eq!(
-            parse_tokenizer_url("http://[::1]:9000").unwrap(),
-            (false, "::1".into(), 9000)
+        assert!(u.userinfo.is_none());
+        let u = parse_tokenizer_url("http://[::1]:9000/").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "::1", 9000));
+        assert_eq!(u.display(), "http://[::1]:9000");
+        let u = parse_tokenizer_url("HTTP://me:p%40ss@tok.example:8080").unwrap();
+        assert_eq!(u.userinfo.as_deref().map(|s| s.as_str()), Some("me:p@ss"));
+        assert_eq!(u.display(), "http://tok.example:8080");
+        for bad in [
+            "ftp://x",
+            "http://x/path",
+            "http://x?q",
+            "http://x:port",
+            "http://me:hunter2@x:notaport",
+            "http://me:hunter2@/",
+        ] {
+            let e = parse_tokenizer_url(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad}"));
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn dropin_sends_fly_src_optin_and_basic_auth_from_proxy_userinfo() {
+        let env: HashMap<&str, &str> = [
+            ("TARGETS", "api.github.com=GH_TOKEN"),
+            ("GH_TOKEN", SEALED),
+            ("PROXY", "http://tok:s3cr%2Ft@tokenizer.flycast"),
+        ]
+        .into_iter()
+        .collect();
+        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(c.tokenizer.fly_src_optin);
+        let auth = c.tokenizer.proxy_authorization.as_ref().unwrap();
+        assert!(auth.is_sensitive());
+        // base64("tok:s3cr/t")
+        assert_eq!(auth.to_str().unwrap(), "Basic dG9rOnMzY3IvdA==");
+        assert_eq!(c.tokenizer.url, "http://tokenizer.flycast:80");
+        let env: HashMap<&str, &str> =
+            [("TARGETS", "api.github.com=GH_TOKEN"), ("GH_TOKEN", SEALED)]
+                .into_iter()
+                .collect();
+        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(c.tokenizer.fly_src_optin && c.tokenizer.proxy_authorization.is_none());
+    }
+
+    #[test]
+    fn yaml_url_with_a_password_is_refused_without_echoing_it() {
+        std::env::set_var("PP_TEST_SEALED_UI", SEALED);
+        let y = yaml("    - host: api.github.com\n      secret_env: PP_TEST_SEALED_UI\n")
+            .replace("http://127.0.0.1:8080", "http://me:hunter2@127.0.0.1:8080");
+        let e = from_yaml(&y, "c.yaml").err().unwrap();
+        assert!(
+            e.contains("proxypilot.tokenizer.url") && !e.contains("hunter2"),
+            "{e}"
         );
-        assert!(parse_tokenizer_url("ftp://x").is_err());
-        assert!(parse_tokenizer_url("http://x/path").is_err());
     }
 }

@@ -6,8 +6,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, Encoder, HistogramVec,
-    IntCounter, IntCounterVec, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, TextEncoder,
 };
 
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -62,6 +62,31 @@ pub static SPARES_USED: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static OPEN_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "proxypilot_client_connections",
+        "Client connections open now (admitted under max_connections)"
+    )
+    .expect("metric registers once")
+});
+
+pub static CONNECTIONS_REFUSED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "proxypilot_client_connections_refused_total",
+        "Client connections answered 503 because max_connections were open"
+    )
+    .expect("metric registers once")
+});
+
+pub static CLIENT_TIMEOUTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "proxypilot_client_timeouts_total",
+        "Client connections closed by a deadline, by kind (header: slow request header, idle)",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
 /// Render every registered metric in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so they appear (at zero) before their first event.
@@ -71,6 +96,9 @@ pub fn render() -> String {
     Lazy::force(&CERTS_MINTED);
     Lazy::force(&MISDIRECTED);
     Lazy::force(&SPARES_USED);
+    Lazy::force(&OPEN_CONNECTIONS);
+    Lazy::force(&CONNECTIONS_REFUSED);
+    Lazy::force(&CLIENT_TIMEOUTS);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&prometheus::gather(), &mut out)

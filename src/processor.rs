@@ -47,10 +47,9 @@ pub fn plan(processor: &Processor, params: &Params) -> Result<Edit, SecretError>
         }
         Processor::Hmac(p) => {
             if p.hash != "sha256" {
-                return Err(SecretError::BadRequest(format!(
-                    "bad secret: unsupported hash function {:?}",
-                    p.hash
-                )));
+                return Err(SecretError::BadRequest(
+                    "bad secret: unsupported hash function (only sha256)".into(),
+                ));
             }
             if p.key.0.is_empty() {
                 return Err(SecretError::BadRequest(

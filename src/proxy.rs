@@ -22,11 +22,13 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use openssl::x509::X509;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
@@ -35,8 +37,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::certstore::{normalize, CertStore, ServerName, TlsCallbacks};
+use crate::certstore::{CertStore, TlsCallbacks};
 use crate::config::{Route, Sidecar};
+use crate::conn::{self, GuardedApp, Limits};
+use crate::host::Authority;
 use crate::metrics;
 use crate::reply::{self, refuse};
 use crate::resolve::CachedName;
@@ -44,6 +48,7 @@ use crate::spares::{Spares, TlsTo};
 
 pub struct SidecarProxy {
     cfg: Arc<Sidecar>,
+    limits: Arc<Limits>,
     store: Arc<CertStore>,
     tokenizer_addr: CachedName,
     /// Roots for an https:// tokenizer.
@@ -60,30 +65,25 @@ pub struct Ctx {
     reason: Option<String>,
 }
 
-/// The host part of an authority (`api.github.com:8443` → `api.github.com`), normalized.
-fn host_of(authority: &str) -> String {
-    let a = authority.trim();
-    let host = if let Some(rest) = a.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        a.rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(h, _)| h)
-            .unwrap_or(a)
-    };
-    normalize(host)
-}
-
-/// The names a request gives for its target: the URI authority (HTTP/2 `:authority`, or an
-/// absolute-form HTTP/1 target) and every Host header.
+/// The hosts a request names for its target, each parsed strictly and normalized: the URI
+/// authority (HTTP/2 `:authority`, or an absolute-form HTTP/1 target) and every Host header.
+/// Each must equal the SNI; one that cannot be parsed is a 400.
 fn named_hosts(req: &RequestHeader) -> Result<Vec<String>> {
+    let parse = |text: &[u8], what: &str| -> Result<String> {
+        let text = std::str::from_utf8(text).map_err(|_| {
+            Error::explain(ErrorType::HTTPStatus(400), format!("{what} is not text"))
+        })?;
+        Authority::parse(text)
+            .map(|a| a.host)
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), format!("{what}: {e}")))
+    };
     let mut names = Vec::new();
     if let Some(a) = req.uri.authority() {
-        names.push(host_of(a.as_str()));
+        names.push(parse(a.as_str().as_bytes(), "request authority")?);
     }
     match raw_target_authority(req.raw_path()) {
         RawTargetAuthority::Absolute { authority, .. } => {
-            names.push(host_of(&String::from_utf8_lossy(authority)));
+            names.push(parse(authority, "request target")?);
         }
         RawTargetAuthority::AmbiguousAuthority => return refuse(400, "ambiguous request target"),
         RawTargetAuthority::None => {}
@@ -93,10 +93,7 @@ fn named_hosts(req: &RequestHeader) -> Result<Vec<String>> {
         return refuse(400, "more than one Host header");
     }
     for h in hosts {
-        let h = h
-            .to_str()
-            .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "Host is not text"))?;
-        names.push(host_of(h));
+        names.push(parse(h.as_bytes(), "Host")?);
     }
     if names.is_empty() {
         return refuse(400, "missing Host header");
@@ -105,7 +102,12 @@ fn named_hosts(req: &RequestHeader) -> Result<Vec<String>> {
 }
 
 impl SidecarProxy {
-    pub fn new(cfg: Arc<Sidecar>, store: Arc<CertStore>, roots: Option<Arc<Box<[X509]>>>) -> Self {
+    pub fn new(
+        cfg: Arc<Sidecar>,
+        limits: Arc<Limits>,
+        store: Arc<CertStore>,
+        roots: Option<Arc<Box<[X509]>>>,
+    ) -> Self {
         let tokenizer_addr = CachedName::new(
             &cfg.tokenizer.host,
             cfg.tokenizer.port,
@@ -120,12 +122,13 @@ impl SidecarProxy {
             Arc::new(Spares::new(
                 t.spares,
                 t.spare_max_age,
-                Duration::from_secs(5),
+                t.connect_timeout,
                 tls,
             ))
         });
         SidecarProxy {
             cfg,
+            limits,
             store,
             tokenizer_addr,
             roots,
@@ -182,20 +185,47 @@ impl ProxyHttp for SidecarProxy {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The header is complete: the connection's header deadline no longer applies.
+        if let Some(state) = conn::state_of(session.digest().and_then(|d| d.ssl_digest.as_ref())) {
+            state.request_started();
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let sni = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<ServerName>())
-            .map(|s| s.0.clone());
-        let Some(sni) = sni else {
+        let state = conn::state_of(session.digest().and_then(|d| d.ssl_digest.as_ref()));
+        let Some(state) = state else {
             return refuse(
                 421,
                 "Misdirected Request: no TLS server name on this connection",
             );
         };
-        if session.req_header().method == http::Method::CONNECT {
+        let (sni, admitted) = (state.sni.clone(), state.admitted());
+        if !admitted {
+            session.set_keepalive(None);
+            return refuse(
+                503,
+                format!(
+                    "too many connections to the sidecar (max_connections {}); try again shortly",
+                    self.limits.max_connections
+                ),
+            );
+        }
+        if session.get_keepalive().is_some() {
+            // Between requests pingora waits this long too (its default is 60 s).
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+        }
+        let method = &session.req_header().method;
+        if method == http::Method::CONNECT {
             return refuse(405, "CONNECT is not supported: this is not a forward proxy");
+        }
+        if method == http::Method::TRACE || method.as_str().eq_ignore_ascii_case("TRACK") {
+            // An upstream answering TRACE echoes the request, injected credential included.
+            return refuse(
+                405,
+                "TRACE is not allowed: it would echo the credential back",
+            );
         }
         for name in named_hosts(session.req_header())? {
             if name != sni {
@@ -241,8 +271,8 @@ impl ProxyHttp for SidecarProxy {
         let mut peer = HttpPeer::new(addr, pingora_tls, sni);
         let o = &mut peer.options;
         o.alpn = ALPN::H1;
-        o.connection_timeout = Some(Duration::from_secs(5));
-        o.total_connection_timeout = Some(Duration::from_secs(10));
+        o.connection_timeout = Some(t.connect_timeout);
+        o.total_connection_timeout = Some(t.connect_timeout * 2);
         o.read_timeout = Some(self.cfg.read_timeout);
         o.write_timeout = Some(self.cfg.read_timeout);
         // Below the tokenizer's keep-alive so a pooled connection is not closed under a request.
@@ -286,6 +316,17 @@ impl ProxyHttp for SidecarProxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        reply::no_empty_last_chunk(body, end_of_stream);
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -319,6 +360,9 @@ impl ProxyHttp for SidecarProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(state) = conn::state_of(session.digest().and_then(|d| d.ssl_digest.as_ref())) {
+            state.request_done();
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -398,13 +442,22 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         None
     };
     let listen = cfg.listen.clone();
+    let limits = Arc::new(Limits::new(
+        cfg.client.max_connections,
+        cfg.client.header_timeout,
+        cfg.client.idle_timeout,
+    ));
     let mut tls_per_addr = Vec::new();
     for addr in &listen {
         let mut tls = TlsSettings::with_callbacks(Box::new(TlsCallbacks {
             store: store.clone(),
+            limits: limits.clone(),
         }))
         .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
         tls.enable_h2();
+        // TLS 1.2 and 1.3 only (pingora's default too; stated here so it cannot drift).
+        tls.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
+            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
         // Idle keep-alive connections give their TLS read/write buffers back (~34 KiB each).
         tls.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
         // OpenSSL buffers the socket itself (one read fetches whatever has arrived, up to a
@@ -427,11 +480,20 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
 
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
-    let mut svc = pingora_proxy::http_proxy_service_with_name(
+    let idle = cfg.client.idle_timeout;
+    let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
-        SidecarProxy::new(cfg, store, roots),
-        "proxypilot sidecar",
+        SidecarProxy::new(cfg, limits.clone(), store, roots),
     );
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(idle);
+    proxy.server_options = Some(options);
+    // Every client stream goes through the connection guard (header and idle deadlines).
+    let app = GuardedApp {
+        app: Arc::new(proxy),
+        limits,
+    };
+    let mut svc = Service::new("proxypilot sidecar".to_string(), app);
     for (addr, tls) in tls_per_addr {
         svc.add_listener(
             ListenerConfig::tcp(addr)
@@ -453,14 +515,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_part_of_authorities() {
-        assert_eq!(host_of("api.github.com"), "api.github.com");
-        assert_eq!(host_of("API.github.com:8443"), "api.github.com");
-        assert_eq!(host_of("api.github.com."), "api.github.com");
-        assert_eq!(host_of("[::1]:443"), "::1");
-    }
-
-    #[test]
     fn names_from_h1_and_h2_requests() {
         let mut h1 = RequestHeader::build("GET", b"/user", None).unwrap();
         h1.insert_header("Host", "api.github.com:8443").unwrap();
@@ -471,6 +525,11 @@ mod tests {
             named_hosts(&abs).unwrap(),
             vec!["api.github.com", "evil.example.com"]
         );
+        let mut bogus = RequestHeader::build("GET", b"/user", None).unwrap();
+        bogus
+            .insert_header("Host", "api.github.com:1.evil.example")
+            .unwrap();
+        assert!(named_hosts(&bogus).is_err());
         let none = RequestHeader::build("GET", b"/", None).unwrap();
         assert!(named_hosts(&none).is_err());
         let mut two = RequestHeader::build("GET", b"/", None).unwrap();

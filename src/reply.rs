@@ -24,12 +24,12 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
             ErrorSource::Upstream => {
                 let why = match etype {
                     ErrorType::ConnectTimedout => "connect timed out",
+                    ErrorType::TLSHandshakeTimedout => "TLS handshake timed out",
                     ErrorType::ConnectRefused => "connection refused",
                     ErrorType::ConnectNoRoute => "no route",
                     ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => {
                         "TLS handshake failed"
                     }
-                    ErrorType::TLSHandshakeTimedout => "TLS handshake timed out",
                     ErrorType::InvalidCert => "invalid certificate",
                     ErrorType::ReadTimedout => "read timed out",
                     ErrorType::WriteTimedout => "write timed out",
@@ -42,7 +42,15 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
                 } else {
                     format!(" ({root})")
                 };
-                (502, format!("{what}: {why}{detail}"))
+                // A gateway that waited too long says so (504); every other failure is 502.
+                let code = match etype {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::TLSHandshakeTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => 504,
+                    _ => 502,
+                };
+                (code, format!("{what}: {why}{detail}"))
             }
             ErrorSource::Downstream => match etype {
                 ErrorType::H2Error => (0, "client reset the stream".into()),
@@ -55,6 +63,17 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
             },
             _ => (500, format!("internal error: {}", etype.as_str())),
         },
+    }
+}
+
+/// An empty chunk that ends a request body becomes "no chunk". Pingora writes every chunk it is
+/// given to a chunked HTTP/1 upstream, and an empty one is `0\r\n\r\n`: the terminator, which
+/// pingora then writes again when the body ends. The second one would sit on a pooled
+/// connection and be read as the start of the next request. (Empty chunks mid-body are skipped
+/// by pingora itself; `None` mid-body would end the body, so those are left alone.)
+pub fn no_empty_last_chunk(body: &mut Option<Bytes>, end_of_stream: bool) {
+    if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
+        *body = None;
     }
 }
 

@@ -81,6 +81,10 @@ pub async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// Why an address may not be dialled on a client's behalf, or `None` if it may.
+///
+/// IPv6 forms that carry an IPv4 address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`,
+/// NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`) are refused
+/// outright: each can reach an internal IPv4 address through a translator.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -99,6 +103,12 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
                 Some("non-routable")
             } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
                 Some("shared (CGNAT)")
+            } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+                Some("benchmarking (198.18.0.0/15)")
+            } else if o[0] >= 240 {
+                Some("reserved (240.0.0.0/4)")
+            } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+                Some("IETF protocol assignments (192.0.0.0/24)")
             } else {
                 None
             }
@@ -109,6 +119,14 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
                 Some("loopback")
             } else if v6.is_unspecified() || v6.is_multicast() {
                 Some("non-routable")
+            } else if s[..6] == [0; 6] {
+                Some("IPv4-compatible (::/96)")
+            } else if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+                Some("NAT64 (64:ff9b::/96)")
+            } else if s[0] == 0x2002 {
+                Some("6to4 (2002::/16)")
+            } else if s[0] == 0x2001 && s[1] == 0 {
+                Some("Teredo (2001::/32)")
             } else if (s[0] & 0xff00) == 0xfd00 && (s[0] & 0x00ff) == 0x00aa {
                 Some("fdaa::/8 (Fly private network)")
             } else if (s[0] & 0xfe00) == 0xfc00 {
@@ -226,10 +244,33 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "198.18.0.1",
+            "198.19.255.254",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.0.1",
+            "192.0.0.170",
         ] {
             assert!(forbidden(bad.parse().unwrap()).is_some(), "{bad}");
         }
-        for good in ["140.82.112.6", "2606:50c0:8000::64", "8.8.8.8"] {
+        for good in [
+            "140.82.112.6",
+            "2606:50c0:8000::64",
+            "8.8.8.8",
+            "198.20.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
+            "2001:4860::8888",
+            "64:ff9c::1",
+        ] {
             assert!(forbidden(good.parse().unwrap()).is_none(), "{good}");
         }
         assert!(forbidden("fdaa::3".parse().unwrap())

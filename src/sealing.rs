@@ -144,8 +144,12 @@ impl TokenizerHeader {
         let params = if params.is_empty() {
             Params::new()
         } else {
-            serde_json::from_str::<Params>(params)
-                .map_err(|e| format!("bad tokenizer header params: {e}"))?
+            serde_json::from_str::<Params>(params).map_err(|e| {
+                format!(
+                    "bad tokenizer header params: {}",
+                    crate::secret::json_error(&e)
+                )
+            })?
         };
         Ok(TokenizerHeader {
             sealed: sealed.to_string(),
@@ -208,6 +212,8 @@ mod tests {
         assert_eq!(plain.format(), "abc=");
         assert!(TokenizerHeader::parse(" ; {}").is_err());
         assert!(TokenizerHeader::parse("abc; {not json").is_err());
+        let e = TokenizerHeader::parse("abc; {\"dst\": 12345678}").unwrap_err();
+        assert!(!e.contains("12345678"), "{e}");
         assert!(!format!("{h:?}").contains("abc="));
     }
 }

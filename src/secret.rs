@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use zeroize::Zeroizing;
 
+use crate::host;
 use crate::sealing::Params;
 
 /// Processors that exist in the reference tokenizer but are not implemented here.
@@ -25,6 +26,39 @@ const UNSUPPORTED_PROCESSORS: &[&str] = &[
 ];
 /// Auths that exist in the reference tokenizer but are not implemented here.
 const UNSUPPORTED_AUTHS: &[&str] = &["macaroon_auth", "flyio_macaroon_auth"];
+
+/// Is an unknown top-level key a processor or an auth? Any key named like one (the reference
+/// keeps adding them, e.g. `github_app_processor`) is refused rather than ignored, so a secret
+/// never does less than its author meant.
+fn kind_of_unknown(key: &str) -> Option<&'static str> {
+    if key.ends_with("_processor") || UNSUPPORTED_PROCESSORS.contains(&key) {
+        Some("processor")
+    } else if key.ends_with("_auth") || UNSUPPORTED_AUTHS.contains(&key) {
+        Some("auth")
+    } else {
+        None
+    }
+}
+
+/// Headers a secret may never write: routing (Host), framing (Content-Length,
+/// Transfer-Encoding, Expect), hop-by-hop (RFC 9110 §7.6.1) and every `Proxy-*` header. Writing
+/// one would change where or how the request travels rather than authenticate it.
+const FORBIDDEN_DST: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn forbidden_dst(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    FORBIDDEN_DST.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
 
 /// Go encodes `[]byte` as standard base64; this wraps such a field.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -54,25 +88,19 @@ fn null_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// `fmt`/`allowed_fmt` and `dst`/`allowed_dst`, shared by the injecting processors.
+/// `fmt`/`allowed_fmt` and `dst`/`allowed_dst`, shared by the injecting processors. As in the
+/// reference, an absent or null `allowed_*` list allows anything, and an empty list allows
+/// nothing.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub struct FmtDst {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fmt: String,
-    #[serde(
-        default,
-        deserialize_with = "null_list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub allowed_fmt: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_fmt: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dst: String,
-    #[serde(
-        default,
-        deserialize_with = "null_list",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub allowed_dst: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_dst: Option<Vec<String>>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -194,13 +222,8 @@ pub enum Auth {
 impl Secret {
     /// Parse the opened JSON. The error never quotes the input.
     pub fn from_json(json: &[u8]) -> Result<Secret, SecretError> {
-        serde_json::from_slice(json).map_err(|e| {
-            // serde_json's messages name types and positions, never values of strings we hold.
-            bad(format!(
-                "bad secret json: {}",
-                e.to_string().split(" at line").next().unwrap_or("")
-            ))
-        })
+        serde_json::from_slice(json)
+            .map_err(|e| bad(format!("bad secret json: {}", json_error(&e))))
     }
 
     pub fn to_json(&self) -> Zeroizing<String> {
@@ -209,16 +232,15 @@ impl Secret {
 
     /// Enforce "exactly one processor, exactly one auth" and compile validators.
     pub fn check(self) -> Result<Checked, SecretError> {
-        let unsupported_p: Vec<&str> = UNSUPPORTED_PROCESSORS
-            .iter()
-            .copied()
-            .filter(|k| self.other.get(*k).is_some_and(|v| !v.is_null()))
-            .collect();
-        let unsupported_a: Vec<&str> = UNSUPPORTED_AUTHS
-            .iter()
-            .copied()
-            .filter(|k| self.other.get(*k).is_some_and(|v| !v.is_null()))
-            .collect();
+        let present = |kind: &str| -> Vec<&str> {
+            self.other
+                .iter()
+                .filter(|(k, v)| !v.is_null() && kind_of_unknown(k) == Some(kind))
+                .map(|(k, _)| k.as_str())
+                .collect()
+        };
+        let unsupported_p = present("processor");
+        let unsupported_a = present("auth");
 
         let mut processors = Vec::new();
         if let Some(p) = self.inject_processor {
@@ -271,10 +293,18 @@ impl Secret {
                     .map_err(|_| bad("bad secret: allowed_host_pattern is not a valid regex"))?,
             ),
         };
+        let processor = processors.pop().expect("one processor");
+        if let Processor::Inject(InjectProcessor { fmt_dst, .. })
+        | Processor::Hmac(InjectHmacProcessor { fmt_dst, .. }) = &processor
+        {
+            fmt_dst.check_own_dst()?;
+        }
         Ok(Checked {
-            processor: processors.pop().expect("one processor"),
+            processor,
             auth: auths.pop().expect("one auth"),
-            allowed_hosts: self.allowed_hosts,
+            allowed_hosts: self
+                .allowed_hosts
+                .map(|hosts| hosts.iter().map(|h| host::normalize(h)).collect()),
             allowed_host_pattern,
         })
     }
@@ -348,10 +378,11 @@ impl FmtDst {
     /// then apply it. Exactly one directive; `%s` for strings, `%x`/`%X` for binary.
     pub fn apply_fmt(&self, params: &Params, arg: FmtArg<'_>) -> Result<String, SecretError> {
         let binary = matches!(arg, FmtArg::Bin(_));
+        let allowed = self.allowed_fmt.as_deref();
         let format: &str = match params.get("fmt") {
             Some(f) => f,
             None if !self.fmt.is_empty() => &self.fmt,
-            None if !self.allowed_fmt.is_empty() => &self.allowed_fmt[0],
+            None if allowed.is_some_and(|a| !a.is_empty()) => &allowed.unwrap_or_default()[0],
             None if binary => "Bearer %x",
             None => "Bearer %s",
         };
@@ -359,44 +390,74 @@ impl FmtDst {
         if !self.fmt.is_empty() && format != self.fmt {
             return Err(bad_fmt());
         }
-        if !self.allowed_fmt.is_empty() && !self.allowed_fmt.iter().any(|f| f == format) {
+        if allowed.is_some_and(|a| !a.iter().any(|f| f == format)) {
             return Err(bad_fmt());
         }
+        // Byte positions: '%' and the directive are ASCII, so every slice below falls on a
+        // character boundary whatever the rest of the format holds.
         let i = format.find('%').ok_or_else(bad_fmt)?;
         let directive = format.as_bytes().get(i + 1).copied().ok_or_else(bad_fmt)?;
-        let rest = &format[i + 2..];
-        if rest.contains('%') {
-            return Err(bad_fmt());
-        }
         let value = match (directive, arg) {
             (b's', FmtArg::Str(s)) => s.to_string(),
             (b'x', FmtArg::Bin(b)) => hex::encode(b),
             (b'X', FmtArg::Bin(b)) => hex::encode_upper(b),
             _ => return Err(bad_fmt()),
         };
+        let rest = &format[i + 2..];
+        if rest.contains('%') {
+            return Err(bad_fmt());
+        }
         Ok(format!("{}{}{}", &format[..i], value, rest))
     }
 
     /// Choose and check the destination header (param, else fixed, else first allowed, else
     /// `Authorization`). Names compare canonically (case-insensitively).
     pub fn choose_dst(&self, params: &Params) -> Result<String, SecretError> {
+        let allowed = self.allowed_dst.as_deref();
         let dst: &str = match params.get("dst") {
             Some(d) => d,
             None if !self.dst.is_empty() => &self.dst,
-            None if !self.allowed_dst.is_empty() => &self.allowed_dst[0],
+            None if allowed.is_some_and(|a| !a.is_empty()) => &allowed.unwrap_or_default()[0],
             None => "Authorization",
         };
         if !self.dst.is_empty() && !self.dst.eq_ignore_ascii_case(dst) {
             return Err(bad("bad dst"));
         }
-        if !self.allowed_dst.is_empty()
-            && !self.allowed_dst.iter().any(|a| a.eq_ignore_ascii_case(dst))
-        {
+        if allowed.is_some_and(|a| !a.iter().any(|x| x.eq_ignore_ascii_case(dst))) {
             return Err(bad("bad dst"));
         }
         http::HeaderName::from_bytes(dst.as_bytes()).map_err(|_| bad("bad dst"))?;
+        if forbidden_dst(dst) {
+            return Err(bad(
+                "bad dst: a secret may not set routing, framing, hop-by-hop or Proxy-* headers",
+            ));
+        }
         Ok(canonical_header_name(dst))
     }
+
+    /// The secret's own `dst` and `allowed_dst` must not name a forbidden header either.
+    fn check_own_dst(&self) -> Result<(), SecretError> {
+        let own = std::iter::once(&self.dst).chain(self.allowed_dst.iter().flatten());
+        if own.filter(|d| !d.is_empty()).any(|d| forbidden_dst(d)) {
+            return Err(bad(
+                "bad secret: dst may not name routing, framing, hop-by-hop or Proxy-* headers",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A JSON error without the text around it: serde_json's messages can quote the offending
+/// value (`invalid type: string "..."`), and the value may be a token.
+pub fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "JSON ends early",
+        Category::Data => "a field has the wrong type or value",
+        Category::Io => "cannot be read",
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
 }
 
 /// Go's `CanonicalMIMEHeaderKey`: `x-api-key` becomes `X-Api-Key`.
@@ -491,7 +552,7 @@ mod tests {
             .is_err());
         // allowed list: first is the default, others must be listed exactly
         let allowed = FmtDst {
-            allowed_fmt: vec!["Bearer %s".into(), "token=%s".into()],
+            allowed_fmt: Some(vec!["Bearer %s".into(), "token=%s".into()]),
             ..Default::default()
         };
         assert_eq!(allowed.apply_fmt(&p, FmtArg::Str("t")).unwrap(), "Bearer t");
@@ -518,7 +579,7 @@ mod tests {
         assert!(fixed.choose_dst(&params(&[("dst", "X-Api-Key")])).is_ok());
         assert!(fixed.choose_dst(&params(&[("dst", "Other")])).is_err());
         let allowed = FmtDst {
-            allowed_dst: vec!["X-Stripe-Token".into(), "Authorization".into()],
+            allowed_dst: Some(vec!["X-Stripe-Token".into(), "Authorization".into()]),
             ..Default::default()
         };
         assert_eq!(allowed.choose_dst(&p).unwrap(), "X-Stripe-Token");
@@ -526,6 +587,134 @@ mod tests {
             .choose_dst(&params(&[("dst", "authorization")]))
             .is_ok());
         assert!(allowed.choose_dst(&params(&[("dst", "Other")])).is_err());
+    }
+
+    #[test]
+    fn empty_allowed_lists_allow_nothing_null_allows_anything() {
+        let p = Params::new();
+        let empty = FmtDst {
+            allowed_dst: Some(vec![]),
+            allowed_fmt: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(empty.choose_dst(&p).is_err());
+        assert!(empty.apply_fmt(&p, FmtArg::Str("t")).is_err());
+        let j = br#"{"inject_processor":{"token":"t","allowed_dst":null,"allowed_fmt":null},"no_auth":{}}"#;
+        let c = Secret::from_json(j).unwrap().check().unwrap();
+        let Processor::Inject(ip) = &c.processor else {
+            panic!("inject")
+        };
+        assert_eq!(ip.fmt_dst.choose_dst(&p).unwrap(), "Authorization");
+        let j = br#"{"inject_processor":{"token":"t","allowed_dst":[]},"no_auth":{}}"#;
+        let c = Secret::from_json(j).unwrap().check().unwrap();
+        let Processor::Inject(ip) = &c.processor else {
+            panic!("inject")
+        };
+        assert!(ip.fmt_dst.choose_dst(&p).is_err());
+    }
+
+    #[test]
+    fn dst_never_names_routing_framing_hop_by_hop_or_proxy_headers() {
+        let any = FmtDst::default();
+        for d in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Expect",
+            "Proxy-Authorization",
+            "proxy-tokenizer",
+            "Proxy-Anything",
+        ] {
+            let e = any.choose_dst(&params(&[("dst", d)])).unwrap_err();
+            assert!(e.to_string().contains("bad dst"), "{d}: {e}");
+        }
+        // Even when the secret itself names one, fixed or in its allowed list.
+        for j in [
+            r#"{"inject_processor":{"token":"t","dst":"Host"},"no_auth":{}}"#,
+            r#"{"inject_processor":{"token":"t","allowed_dst":["X-A","Proxy-Authorization"]},"no_auth":{}}"#,
+            r#"{"inject_hmac_processor":{"key":"a2V5","hash":"sha256","dst":"transfer-encoding"},"no_auth":{}}"#,
+        ] {
+            assert!(
+                Secret::from_json(j.as_bytes()).unwrap().check().is_err(),
+                "{j}"
+            );
+        }
+        assert_eq!(
+            any.choose_dst(&params(&[("dst", "x-api-key")])).unwrap(),
+            "X-Api-Key"
+        );
+    }
+
+    #[test]
+    fn apply_fmt_never_panics() {
+        let fd = FmtDst::default();
+        for f in [
+            "%",
+            "%é",
+            "é%",
+            "%%",
+            "a%",
+            "%\0",
+            "Bearer %s😀",
+            "%s%",
+            "😀%s",
+            "%😀",
+            "%x",
+            "",
+            "%s\u{10FFFF}",
+            "\u{7f}%s",
+        ] {
+            for arg in [FmtArg::Str("t"), FmtArg::Bin(b"\x01")] {
+                let _ = fd.apply_fmt(&params(&[("fmt", f)]), arg);
+            }
+        }
+        assert_eq!(
+            fd.apply_fmt(&params(&[("fmt", "😀 %s 😀")]), FmtArg::Str("t"))
+                .unwrap(),
+            "😀 t 😀"
+        );
+    }
+
+    #[test]
+    fn unknown_processors_and_auths_are_refused_not_ignored() {
+        for j in [
+            r#"{"inject_processor":{"token":"t"},"github_app_processor":{"private_key":"x"},"no_auth":{}}"#,
+            r#"{"github_app_processor":{"private_key":"x"},"no_auth":{}}"#,
+            r#"{"inject_processor":{"token":"t"},"no_auth":{},"some_future_auth":{}}"#,
+            r#"{"inject_processor":{"token":"t"},"macaroon_auth":{"key":"k"}}"#,
+        ] {
+            assert!(
+                Secret::from_json(j.as_bytes()).unwrap().check().is_err(),
+                "{j}"
+            );
+        }
+        let e = Secret::from_json(br#"{"github_app_processor":{"private_key":"x"},"no_auth":{}}"#)
+            .unwrap()
+            .check()
+            .err()
+            .unwrap();
+        assert!(matches!(e, SecretError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("github_app_processor"), "{e}");
+    }
+
+    #[test]
+    fn json_errors_never_quote_values() {
+        for j in [
+            r#"{"inject_processor":{"token":"t","allowed_dst":"SUPERSECRET"},"no_auth":{}}"#,
+            r#"{"inject_processor":{"token":["SUPERSECRET"]},"no_auth":{}}"#,
+            r#"{"inject_processor":{"token":"t"},"no_auth":{},"allowed_hosts":"SUPERSECRET"}"#,
+            r#"{"bearer_auth":{"digest":"SUPERSECRET!!"},"inject_processor":{"token":"t"}}"#,
+            r#"{"inject_processor":{"token":"SUPERSECRET""#,
+            r#"{"inject_processor":{"token":SUPERSECRET}}"#,
+        ] {
+            let e = Secret::from_json(j.as_bytes()).err().unwrap();
+            assert!(!e.to_string().contains("SUPERSECRET"), "{e}");
+        }
     }
 
     #[test]

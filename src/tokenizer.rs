@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 
 use crate::authorize::{authorize, Credentials};
 use crate::flysrc::{FlySrc, Verifier25519};
+use crate::host::{self, Authority};
 use crate::processor::{hmac_header, plan, Edit, StreamReplace};
 use crate::reply::{self, refuse};
 use crate::resolve::{forbidden, lookup, ConnectTo, NameCache};
@@ -116,13 +117,37 @@ impl SecretCache {
     }
 }
 
-/// Where a request goes: `host` (no port) is dialled on `port` with TLS; `authority` is the
-/// Host the client named (host, or host:port) and is what validators see.
+/// Where a request goes, parsed once and strictly: `host` is dialled on `port` with TLS (and is
+/// the SNI and the name the certificate must carry); `authority` is the canonical text of the
+/// same pair (`host`, or `host:port` when the port is not 443) and is exactly what the
+/// secret's host validators see and what the upstream gets as `Host`.
 #[derive(Debug, Clone)]
 struct Target {
     host: String,
-    authority: String,
     port: u16,
+    authority: String,
+}
+
+impl Target {
+    /// From the client's authority: port absent or 80 means 443 (the client speaks plain HTTP
+    /// to us, we speak TLS upstream); 443 is refused as in the reference.
+    fn from_authority(a: Authority) -> Result<Target> {
+        let port = match a.port {
+            None | Some(80) => 443,
+            Some(443) => return bad_request("proxied request must be HTTP (port 443 refused)"),
+            Some(p) => p,
+        };
+        let authority = if port == 443 {
+            a.host_text()
+        } else {
+            format!("{}:{port}", a.host_text())
+        };
+        Ok(Target {
+            host: a.host,
+            port,
+            authority,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -147,23 +172,9 @@ fn secret_error<T>(e: SecretError) -> Result<T> {
     }
 }
 
-/// Split an authority into host and port; IPv6 literals keep their brackets off.
-fn split_authority(authority: &str) -> Result<(String, Option<u16>)> {
-    let uri_auth: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?;
-    if uri_auth.as_str().contains('@') {
-        return bad_request("bad host: userinfo is not allowed");
-    }
-    let host = uri_auth
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return bad_request("must specify host");
-    }
-    Ok((host, uri_auth.port_u16()))
+fn authority(text: &[u8]) -> Result<Authority> {
+    let text = std::str::from_utf8(text).or_else(|_| bad_request("bad host"))?;
+    Authority::parse(text).or_else(|e| bad_request(e.to_string()))
 }
 
 impl Tokenizer {
@@ -182,50 +193,41 @@ impl Tokenizer {
                 "CONNECT is not supported: send plain http:// requests through this proxy",
             );
         }
-        let authority = match raw_target_authority(req.raw_path()) {
+        let parsed = match raw_target_authority(req.raw_path()) {
             RawTargetAuthority::Absolute {
-                scheme, authority, ..
+                scheme,
+                authority: a,
+                ..
             } => {
                 if !scheme.eq_ignore_ascii_case(b"http") {
                     return bad_request("proxied request must be HTTP");
                 }
-                String::from_utf8(authority.to_vec())
-                    .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?
+                authority(a)?
             }
             RawTargetAuthority::AmbiguousAuthority => {
                 return bad_request("ambiguous request target");
             }
             RawTargetAuthority::None => {
+                if !req.raw_path().starts_with(b"/") {
+                    return bad_request("request target must be absolute-form or start with /");
+                }
                 let hosts: Vec<_> = req.headers.get_all(http::header::HOST).iter().collect();
                 if hosts.len() != 1 {
                     return bad_request("must specify exactly one host");
                 }
-                let host = hosts[0]
-                    .to_str()
-                    .map_err(|_| Error::explain(ErrorType::HTTPStatus(400), "bad host"))?;
-                let (bare, _) = split_authority(host)?;
+                let a = authority(hosts[0].as_bytes())?;
                 if self
                     .settings
                     .hostnames
                     .iter()
-                    .any(|h| h.eq_ignore_ascii_case(&bare))
+                    .any(|h| host::normalize(h) == a.host)
                 {
                     return bad_request("circular request");
                 }
-                host.to_string()
+                a
             }
         };
-        let (host, port) = split_authority(&authority)?;
-        let port = match port {
-            None | Some(80) => 443,
-            Some(443) => return bad_request("proxied request must be HTTP (port 443 refused)"),
-            Some(p) => p,
-        };
-        Ok(Target {
-            host,
-            authority,
-            port,
-        })
+        Target::from_authority(parsed)
     }
 
     /// A Fly-Src that verifies, or why the one present did not (None, None when absent).
@@ -438,14 +440,14 @@ impl ProxyHttp for Tokenizer {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.body.is_empty() {
-            return Ok(());
+        if !ctx.body.is_empty() {
+            let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
+            for r in ctx.body.iter_mut() {
+                data = r.feed(&data, end_of_stream);
+            }
+            *body = Some(Bytes::from(data));
         }
-        let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
-        for r in ctx.body.iter_mut() {
-            data = r.feed(&data, end_of_stream);
-        }
-        *body = Some(Bytes::from(data));
+        reply::no_empty_last_chunk(body, end_of_stream);
         Ok(())
     }
 

@@ -1,0 +1,395 @@
+//! The sidecar's client connections: how many may be open, and how long one may idle or dawdle.
+//!
+//! Owns: the cap on concurrent client connections (a [`Permit`] taken when a TLS handshake
+//! completes, released when the connection is gone), the per-connection state the request
+//! phases read ([`ConnState`]: the SNI, whether the connection was admitted, whether a request
+//! is in flight), and the [`Guarded`] stream that enforces two deadlines on HTTP/1 connections
+//! that pingora's own per-read timeouts cannot: a request's header must arrive whole within
+//! `header_timeout` of its first byte (slowloris), and a connection between requests is closed
+//! after `idle_timeout` (also before its first request). HTTP/2 connections use pingora's
+//! `h2_idle_timeout` instead.
+//! Must not: cut a request once its header is complete (bodies and long responses such as
+//! SSE have their own timeouts), or count a connection twice.
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::metrics;
+
+/// The limits on client connections, shared by every listener of the sidecar.
+#[derive(Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    open: AtomicUsize,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize, header_timeout: Duration, idle_timeout: Duration) -> Self {
+        Limits {
+            max_connections,
+            header_timeout,
+            idle_timeout,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// A permit for one more connection, unless `max_connections` are open.
+    pub fn try_admit(self: &Arc<Self>) -> Option<Permit> {
+        let mut n = self.open.load(Ordering::Relaxed);
+        loop {
+            if n >= self.max_connections {
+                metrics::CONNECTIONS_REFUSED.inc();
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    metrics::OPEN_CONNECTIONS.set((n + 1) as i64);
+                    return Some(Permit(self.clone()));
+                }
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit(Arc<Limits>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let before = self.0.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::OPEN_CONNECTIONS.set(before.saturating_sub(1) as i64);
+    }
+}
+
+/// What the request phases know about the connection a request came on. Made when the TLS
+/// handshake completes and kept in the connection's TLS digest, so it lives exactly as long as
+/// the connection.
+#[derive(Debug)]
+pub struct ConnState {
+    /// The TLS server name, normalized.
+    pub sni: String,
+    permit: Option<Permit>,
+    in_request: AtomicBool,
+    /// Bumped when a request ends, so the stream sees each new wait for a request.
+    requests_done: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new(sni: String, permit: Option<Permit>) -> Self {
+        ConnState {
+            sni,
+            permit,
+            in_request: AtomicBool::new(false),
+            requests_done: AtomicU64::new(0),
+        }
+    }
+
+    /// False when the connection arrived while `max_connections` were open.
+    pub fn admitted(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// A request's header has been read whole.
+    pub fn request_started(&self) {
+        self.in_request.store(true, Ordering::Release);
+    }
+
+    /// A request has ended (answered or failed); the connection waits for the next one.
+    pub fn request_done(&self) {
+        self.requests_done.fetch_add(1, Ordering::AcqRel);
+        self.in_request.store(false, Ordering::Release);
+    }
+}
+
+/// The state of a connection as found in a TLS digest.
+pub fn state_of(digest: Option<&Arc<SslDigest>>) -> Option<&ConnState> {
+    digest.and_then(|d| d.extension.get::<ConnState>())
+}
+
+/// Wraps the sidecar's HTTP application: every accepted connection's stream is [`Guarded`].
+pub struct GuardedApp<A> {
+    pub app: Arc<A>,
+    pub limits: Arc<Limits>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let guarded = Guarded::new(stream, &self.limits);
+        self.app.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// A client stream with the header and idle deadlines (HTTP/1 only).
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Stream,
+    digest: Option<Arc<SslDigest>>,
+    /// None for HTTP/2 (and anything without our connection state): reads pass through.
+    deadlines: Option<Deadlines>,
+}
+
+#[derive(Debug)]
+struct Deadlines {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// `requests_done` when this wait for a request began.
+    seen_done: u64,
+    /// Whether bytes of the next request header have arrived.
+    header_started: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Guarded {
+    fn new(inner: Stream, limits: &Limits) -> Self {
+        let digest = inner.get_ssl_digest();
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let deadlines = (!h2 && state_of(digest.as_ref()).is_some()).then(|| Deadlines {
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            seen_done: 0,
+            header_started: false,
+            timer: Some(Box::pin(tokio::time::sleep(limits.idle_timeout))),
+        });
+        Guarded {
+            inner,
+            digest,
+            deadlines,
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let (Some(d), Some(state)) = (this.deadlines.as_mut(), state_of(this.digest.as_ref()))
+        else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if state.in_request.load(Ordering::Acquire) {
+            d.timer = None;
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let done = state.requests_done.load(Ordering::Acquire);
+        if done != d.seen_done {
+            // A new wait for a request: the idle clock starts now.
+            d.seen_done = done;
+            d.header_started = false;
+            d.timer = Some(Box::pin(tokio::time::sleep(d.idle_timeout)));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && !d.header_started {
+                    // The first byte of a request header: it must all arrive in time.
+                    d.header_started = true;
+                    d.timer = Some(Box::pin(tokio::time::sleep(d.header_timeout)));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let timer = d
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d.header_timeout)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                d.timer = None;
+                if d.header_started {
+                    metrics::CLIENT_TIMEOUTS
+                        .with_label_values(&["header"])
+                        .inc();
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request header not complete in time",
+                    )))
+                } else {
+                    // Idle: end of stream, which pingora takes as a client that left.
+                    metrics::CLIENT_TIMEOUTS.with_label_values(&["idle"]).inc();
+                    Poll::Ready(Ok(()))
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.digest.clone()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_holds_and_frees() {
+        let limits = Arc::new(Limits::new(
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        let a = limits.try_admit().unwrap();
+        let b = limits.try_admit().unwrap();
+        assert!(limits.try_admit().is_none());
+        assert_eq!(limits.open(), 2);
+        drop(a);
+        let c = limits.try_admit().unwrap();
+        assert!(limits.try_admit().is_none());
+        drop((b, c));
+        assert_eq!(limits.open(), 0);
+    }
+
+    #[test]
+    fn state_tracks_requests() {
+        let limits = Arc::new(Limits::new(
+            1,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        let s = ConnState::new("api.github.com".into(), limits.try_admit());
+        assert!(s.admitted());
+        let refused = ConnState::new("api.github.com".into(), limits.try_admit());
+        assert!(!refused.admitted());
+        s.request_started();
+        assert!(s.in_request.load(Ordering::Acquire));
+        s.request_done();
+        assert!(!s.in_request.load(Ordering::Acquire));
+        assert_eq!(s.requests_done.load(Ordering::Acquire), 1);
+        drop(s);
+        assert_eq!(limits.open(), 0);
+    }
+}
