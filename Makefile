@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean bench
+.PHONY: setup build run test unit e2e lint fmt clean bench soak
 
 setup:
 	@scripts/setup.sh
@@ -32,6 +32,12 @@ e2e: build
 bench: build
 	@scripts/bench-setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)
+
+## Soak test: 1000 keep-alive TLS clients for 10 min through the sidecar and the tokenizer (normal,
+## streamed and failing requests); fails on any failed request or growing RSS/fds; rewrites
+## docs/soak.md. SOAK_ARGS='--duration 60 --clients 200 --no-write' for a quick run.
+soak: build
+	python3 bench/soak.py $(SOAK_ARGS)
 
 lint: setup
 	cargo fmt --check

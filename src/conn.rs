@@ -13,6 +13,8 @@
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::PreTlsProcess;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -131,6 +133,50 @@ pub fn state_of(digest: Option<&Arc<SslDigest>>) -> Option<&ConnState> {
     digest.and_then(|d| d.extension.get::<ConnState>())
 }
 
+/// Before the TLS handshake: the whole first TLS record (the ClientHello) must arrive within
+/// the deadline, and be a TLS handshake record at all. A connection that sends nothing, a few
+/// bytes, or not TLS is dropped then rather than after pingora's 60 s handshake timeout. The
+/// bytes read are put back for the handshake.
+pub struct HelloDeadline(pub Duration);
+
+/// Largest TLS record (RFC 8446 §5.1: 2^14 plus room for expansion).
+const MAX_RECORD: usize = (1 << 14) + 2048;
+
+#[async_trait]
+impl PreTlsProcess for HelloDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
+        use pingora_error::{Error, ErrorType};
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut head = [0u8; 5];
+            stream.read_exact(&mut head).await?;
+            // A handshake record (22) of TLS 1.x (major version 3).
+            let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+            if head[0] != 22 || head[1] != 3 || len == 0 || len > MAX_RECORD {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let mut record = vec![0u8; 5 + len];
+            record[..5].copy_from_slice(&head);
+            stream.read_exact(&mut record[5..]).await?;
+            Ok(Some(record))
+        };
+        match tokio::time::timeout(self.0, read).await {
+            Ok(Ok(Some(record))) => {
+                stream.rewind(&record);
+                Ok(())
+            }
+            Ok(Ok(None)) => Error::e_explain(ErrorType::HandshakeError, "not a TLS ClientHello"),
+            Ok(Err(e)) => Error::e_because(ErrorType::HandshakeError, "reading the ClientHello", e),
+            Err(_) => {
+                metrics::CLIENT_TIMEOUTS
+                    .with_label_values(&["tls_hello"])
+                    .inc();
+                Error::e_explain(ErrorType::HandshakeError, "no ClientHello in time")
+            }
+        }
+    }
+}
+
 /// Wraps the sidecar's HTTP application: every accepted connection's stream is [`Guarded`].
 pub struct GuardedApp<A> {
     pub app: Arc<A>,
@@ -160,6 +206,7 @@ pub struct Guarded {
     digest: Option<Arc<SslDigest>>,
     /// None for HTTP/2 (and anything without our connection state): reads pass through.
     deadlines: Option<Deadlines>,
+    refusing: Option<Refusing>,
 }
 
 #[derive(Debug)]
@@ -170,7 +217,90 @@ struct Deadlines {
     seen_done: u64,
     /// Whether bytes of the next request header have arrived.
     header_started: bool,
+    /// The header's bytes so far, and whether its end (an empty line) has been seen.
+    header_bytes: usize,
+    header_done: bool,
+    /// Whether the request line has begun, and the last bytes seen since, to find the empty
+    /// line and bare LFs across reads.
+    started: bool,
+    tail: [u8; 3],
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Largest request header (request line and fields) an HTTP/1 client may send; HTTP/2 clients
+/// get the same as their SETTINGS_MAX_HEADER_LIST_SIZE. Pingora alone would buffer 1 MiB.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Why a request header was refused before pingora saw it whole.
+enum Refusal {
+    TooSlow,
+    TooLarge,
+    BareLf,
+}
+
+impl Refusal {
+    /// The whole HTTP/1.1 answer, with Connection: close.
+    fn answer(&self) -> Vec<u8> {
+        let (status, reason) = match self {
+            Refusal::TooSlow => ("408 Request Timeout", "request header not complete in time"),
+            Refusal::TooLarge => (
+                "431 Request Header Fields Too Large",
+                "request header over 32 KiB",
+            ),
+            Refusal::BareLf => (
+                "400 Bad Request",
+                "bare LF in the request header: lines end in CR LF",
+            ),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+            reason.len() + 1
+        )
+        .into_bytes()
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::TooSlow => "header",
+            Refusal::TooLarge => "header_too_large",
+            Refusal::BareLf => "bare_lf",
+        }
+    }
+}
+
+impl Deadlines {
+    /// Look at newly read header bytes: find the header's end (an empty line), refuse a bare
+    /// LF or a header over [`MAX_HEADER_BYTES`]. Bytes after the end (a body, a pipelined
+    /// request) are not looked at.
+    fn scan(&mut self, data: &[u8]) -> Result<(), Refusal> {
+        for &b in data {
+            if self.header_done {
+                return Ok(());
+            }
+            self.header_bytes += 1;
+            if self.header_bytes > MAX_HEADER_BYTES {
+                return Err(Refusal::TooLarge);
+            }
+            if !self.started {
+                // Empty lines before the request line are allowed (RFC 9112 §2.2).
+                if b == b'\r' || b == b'\n' {
+                    continue;
+                }
+                self.started = true;
+            }
+            if b == b'\n' {
+                if self.tail[2] != b'\r' {
+                    return Err(Refusal::BareLf);
+                }
+                if self.tail[0] == b'\r' && self.tail[1] == b'\n' {
+                    self.header_done = true;
+                }
+            }
+            self.tail = [self.tail[1], self.tail[2], b];
+        }
+        Ok(())
+    }
 }
 
 impl Guarded {
@@ -182,14 +312,70 @@ impl Guarded {
             idle_timeout: limits.idle_timeout,
             seen_done: 0,
             header_started: false,
+            header_bytes: 0,
+            header_done: false,
+            started: false,
+            tail: [0; 3],
             timer: Some(Box::pin(tokio::time::sleep(limits.idle_timeout))),
         });
         Guarded {
             inner,
             digest,
             deadlines,
+            refusing: None,
         }
     }
+
+    /// Start answering a refused header; the read fails once the answer is written (or could
+    /// not be within a couple of seconds).
+    fn refuse(&mut self, cx: &mut Context<'_>, why: Refusal) -> Poll<std::io::Result<()>> {
+        metrics::CLIENT_TIMEOUTS
+            .with_label_values(&[why.kind()])
+            .inc();
+        let kind = match why {
+            Refusal::TooSlow => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::InvalidData,
+        };
+        self.refusing = Some(Refusing {
+            answer: why.answer(),
+            written: 0,
+            kind,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(2))),
+        });
+        self.poll_refusing(cx)
+    }
+
+    fn poll_refusing(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = self.refusing.as_mut().expect("refusing");
+        while r.written < r.answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &r.answer[r.written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(n)) => r.written += n,
+                Poll::Pending => {
+                    if r.deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
+        }
+        let flushed =
+            r.written == r.answer.len() && Pin::new(&mut self.inner).poll_flush(cx).is_ready();
+        if r.written == r.answer.len() && !flushed && r.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let kind = r.kind;
+        Poll::Ready(Err(std::io::Error::new(kind, "request header refused")))
+    }
+}
+
+/// An answer to a refused request header, being written.
+#[derive(Debug)]
+struct Refusing {
+    answer: Vec<u8>,
+    written: usize,
+    kind: std::io::ErrorKind,
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl AsyncRead for Guarded {
@@ -199,6 +385,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.refusing.is_some() {
+            return this.poll_refusing(cx);
+        }
         let (Some(d), Some(state)) = (this.deadlines.as_mut(), state_of(this.digest.as_ref()))
         else {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -212,15 +401,31 @@ impl AsyncRead for Guarded {
             // A new wait for a request: the idle clock starts now.
             d.seen_done = done;
             d.header_started = false;
+            d.header_bytes = 0;
+            d.header_done = false;
+            d.started = false;
+            d.tail = [0; 3];
             d.timer = Some(Box::pin(tokio::time::sleep(d.idle_timeout)));
+        }
+        if d.header_done {
+            // The header is whole; pingora is about to start the request.
+            d.timer = None;
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && !d.header_started {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() && !d.header_started {
                     // The first byte of a request header: it must all arrive in time.
                     d.header_started = true;
                     d.timer = Some(Box::pin(tokio::time::sleep(d.header_timeout)));
+                }
+                if let Err(why) = d.scan(new) {
+                    return this.refuse(cx, why);
+                }
+                if d.header_done {
+                    d.timer = None;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -234,13 +439,7 @@ impl AsyncRead for Guarded {
                 }
                 d.timer = None;
                 if d.header_started {
-                    metrics::CLIENT_TIMEOUTS
-                        .with_label_values(&["header"])
-                        .inc();
-                    Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request header not complete in time",
-                    )))
+                    this.refuse(cx, Refusal::TooSlow)
                 } else {
                     // Idle: end of stream, which pingora takes as a client that left.
                     metrics::CLIENT_TIMEOUTS.with_label_values(&["idle"]).inc();
@@ -371,6 +570,62 @@ mod tests {
         assert!(limits.try_admit().is_none());
         drop((b, c));
         assert_eq!(limits.open(), 0);
+    }
+
+    fn deadlines() -> Deadlines {
+        Deadlines {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            seen_done: 0,
+            header_started: false,
+            header_bytes: 0,
+            header_done: false,
+            started: false,
+            tail: [0; 3],
+            timer: None,
+        }
+    }
+
+    #[test]
+    fn header_scan_finds_the_end_across_reads() {
+        let req = b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nbody\nwith bare LFs\n";
+        for split in 1..req.len() {
+            let mut d = deadlines();
+            d.scan(&req[..split])
+                .unwrap_or_else(|_| panic!("split {split}"));
+            d.scan(&req[split..])
+                .unwrap_or_else(|_| panic!("split {split}"));
+            assert!(d.header_done, "split {split}");
+        }
+    }
+
+    #[test]
+    fn header_scan_refuses_bare_lf_and_oversize() {
+        let mut d = deadlines();
+        assert!(matches!(
+            d.scan(b"GET / HTTP/1.1\r\nX-A: foo\nX-B: 1\r\n\r\n"),
+            Err(Refusal::BareLf)
+        ));
+        let mut d = deadlines();
+        assert!(matches!(d.scan(b"GET / HTTP/1.1\n"), Err(Refusal::BareLf)));
+        let mut d = deadlines();
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES));
+        assert!(matches!(d.scan(&big), Err(Refusal::TooLarge)));
+        let mut d = deadlines();
+        let mut fits = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        fits.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES - 100));
+        fits.extend(b"\r\n\r\n");
+        fits.extend(std::iter::repeat_n(b'b', 100_000)); // a body: not counted
+        assert!(d.scan(&fits).is_ok() && d.header_done);
+        for r in [Refusal::TooSlow, Refusal::TooLarge, Refusal::BareLf] {
+            let a = String::from_utf8(r.answer()).unwrap();
+            let (head, body) = a.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{a}"
+            );
+        }
     }
 
     #[test]

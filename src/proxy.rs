@@ -220,12 +220,25 @@ impl ProxyHttp for SidecarProxy {
         if method == http::Method::CONNECT {
             return refuse(405, "CONNECT is not supported: this is not a forward proxy");
         }
-        if method == http::Method::TRACE || method.as_str().eq_ignore_ascii_case("TRACK") {
-            // An upstream answering TRACE echoes the request, injected credential included.
+        if ["TRACE", "TRACK"]
+            .iter()
+            .any(|m| method.as_str().eq_ignore_ascii_case(m))
+        {
+            // An upstream answering TRACE echoes the request, injected credential included;
+            // methods are case-sensitive, but a lenient upstream may take `trace` for TRACE.
             return refuse(
                 405,
                 "TRACE is not allowed: it would echo the credential back",
             );
+        }
+        let raw = session.req_header().raw_path();
+        let absolute = matches!(
+            raw_target_authority(raw),
+            RawTargetAuthority::Absolute { .. }
+        );
+        if !raw.starts_with(b"/") && !absolute {
+            // `*` (OPTIONS) or an authority-form target: nothing to forward to a routed path.
+            return refuse(400, "request target must be a path starting with /");
         }
         for name in named_hosts(session.req_header())? {
             if name != sni {
@@ -338,6 +351,8 @@ impl ProxyHttp for SidecarProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // The connection is not reused after an error: say so in the answer.
+        session.set_keepalive(None);
         let what = format!("tokenizer {}", self.cfg.tokenizer.url);
         let (code, reason) = reply::status_and_reason(e, &what);
         if code > 0 {
@@ -481,6 +496,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let idle = cfg.client.idle_timeout;
+    let header_timeout = cfg.client.header_timeout;
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         SidecarProxy::new(cfg, limits.clone(), store, roots),
@@ -488,12 +504,17 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(idle);
     proxy.server_options = Some(options);
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(conn::MAX_HEADER_BYTES as u32);
+    proxy.h2_options = Some(h2);
     // Every client stream goes through the connection guard (header and idle deadlines).
     let app = GuardedApp {
         app: Arc::new(proxy),
         limits,
     };
     let mut svc = Service::new("proxypilot sidecar".to_string(), app);
+    svc.endpoints()
+        .set_pre_tls_callback(Arc::new(conn::HelloDeadline(header_timeout)));
     for (addr, tls) in tls_per_addr {
         svc.add_listener(
             ListenerConfig::tcp(addr)

@@ -34,6 +34,9 @@ pub fn status_and_reason(e: &Error, what: &str) -> (u16, String) {
                     ErrorType::ReadTimedout => "read timed out",
                     ErrorType::WriteTimedout => "write timed out",
                     ErrorType::ConnectionClosed => "connection closed",
+                    ErrorType::ReadError => "read failed",
+                    ErrorType::WriteError => "write failed",
+                    ErrorType::InvalidHTTPHeader => "invalid HTTP response",
                     _ => etype.as_str(),
                 };
                 let root = e.root_cause().to_string();

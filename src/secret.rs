@@ -252,15 +252,15 @@ impl Secret {
         if let Some(p) = self.inject_body_processor {
             processors.push(Processor::Body(p));
         }
-        let n_proc = processors.len() + unsupported_p.len();
-        if n_proc != 1 {
-            return Err(bad(format!(
-                "bad secret: expected exactly one processor, found {n_proc}"
-            )));
-        }
         if let Some(name) = unsupported_p.first() {
             return Err(SecretError::Unsupported(format!(
                 "bad secret: processor {name} is not supported by this tokenizer"
+            )));
+        }
+        let n_proc = processors.len();
+        if n_proc != 1 {
+            return Err(bad(format!(
+                "bad secret: expected exactly one processor, found {n_proc}"
             )));
         }
 
@@ -274,15 +274,15 @@ impl Secret {
         if let Some(a) = self.fly_src_auth {
             auths.push(Auth::FlySrc(a));
         }
-        let n_auth = auths.len() + unsupported_a.len();
-        if n_auth != 1 {
-            return Err(bad(format!(
-                "bad secret: expected exactly one auth, found {n_auth}"
-            )));
-        }
         if let Some(name) = unsupported_a.first() {
             return Err(SecretError::Unsupported(format!(
                 "bad secret: auth {name} is not supported by this tokenizer"
+            )));
+        }
+        let n_auth = auths.len();
+        if n_auth != 1 {
+            return Err(bad(format!(
+                "bad secret: expected exactly one auth, found {n_auth}"
             )));
         }
 
@@ -330,11 +330,21 @@ impl Checked {
         Ok(())
     }
 
-    /// Non-secret parts only, for logs: processor kind, dst/fmt, auth kind, validators.
+    /// Non-secret parts only, for logs: processor kind, dst/fmt, auth kind, validators. A
+    /// value is shown only when it is well formed for its field (a header name, a format with
+    /// one directive, a host, a Fly identifier), so a malformed secret's values never reach a
+    /// log, whatever they hold.
     pub fn summary(&self) -> String {
         let proc = match &self.processor {
             Processor::Inject(p) => format!("inject{}", fmt_dst_summary(&p.fmt_dst)),
-            Processor::Hmac(p) => format!("inject_hmac({}){}", p.hash, fmt_dst_summary(&p.fmt_dst)),
+            Processor::Hmac(p) => {
+                let hash = if p.hash == "sha256" {
+                    "sha256"
+                } else {
+                    "<unsupported>"
+                };
+                format!("inject_hmac({hash}){}", fmt_dst_summary(&p.fmt_dst))
+            }
             Processor::Body(_) => "inject_body".to_string(),
         };
         let auth = match &self.auth {
@@ -342,12 +352,15 @@ impl Checked {
             Auth::Bearer(_) => "bearer_auth".to_string(),
             Auth::FlySrc(a) => format!(
                 "fly_src_auth(orgs={:?},apps={:?},instances={:?})",
-                a.allowed_orgs, a.allowed_apps, a.allowed_instances
+                shown_list(&a.allowed_orgs, ident_ok),
+                shown_list(&a.allowed_apps, ident_ok),
+                shown_list(&a.allowed_instances, ident_ok)
             ),
         };
         let mut s = format!("{proc} {auth}");
         if let Some(h) = &self.allowed_hosts {
-            s.push_str(&format!(" allowed_hosts={h:?}"));
+            let hosts = shown_list(h, |h| host::Authority::parse(h).is_ok());
+            s.push_str(&format!(" allowed_hosts={hosts:?}"));
         }
         if let Some(p) = &self.allowed_host_pattern {
             s.push_str(&format!(" allowed_host_pattern={:?}", p.as_str()));
@@ -356,13 +369,42 @@ impl Checked {
     }
 }
 
+fn shown_list(list: &[String], ok: impl Fn(&str) -> bool) -> Vec<&str> {
+    list.iter()
+        .map(|v| if ok(v) { v.as_str() } else { "<invalid>" })
+        .collect()
+}
+
+/// A Fly org, app or machine name: letters, digits, `-`, `_`, `.`; at most 64.
+fn ident_ok(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// A format with exactly one directive, `%s`, `%x` or `%X`.
+fn fmt_ok(f: &str) -> bool {
+    let Some(i) = f.find('%') else { return false };
+    matches!(f.as_bytes().get(i + 1), Some(b's' | b'x' | b'X')) && !f[i + 2..].contains('%')
+}
+
 fn fmt_dst_summary(fd: &FmtDst) -> String {
     let mut s = String::new();
     if !fd.dst.is_empty() {
-        s.push_str(&format!(" dst={}", fd.dst));
+        let ok = http::HeaderName::from_bytes(fd.dst.as_bytes()).is_ok() && !forbidden_dst(&fd.dst);
+        s.push_str(&format!(
+            " dst={}",
+            if ok { fd.dst.as_str() } else { "<invalid>" }
+        ));
     }
     if !fd.fmt.is_empty() {
-        s.push_str(&format!(" fmt={:?}", fd.fmt));
+        let fmt = if fmt_ok(&fd.fmt) {
+            fd.fmt.as_str()
+        } else {
+            "<invalid>"
+        };
+        s.push_str(&format!(" fmt={fmt:?}"));
     }
     s
 }
@@ -735,6 +777,11 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("SUPERSECRET") && !s.contains("IDtwta"), "{s}");
+        // Malformed values of otherwise usable fields are not shown either.
+        let j = br#"{"inject_hmac_processor":{"key":"a2V5","hash":"MARK1","fmt":"MARK2 %d","dst":"MARK 3"},"fly_src_auth":{"allowed_orgs":["ok-org","MARK 4"]},"allowed_hosts":["api.github.com","MARK5:x"]}"#;
+        let s = Secret::from_json(j).unwrap().check().unwrap().summary();
+        assert!(!s.contains("MARK"), "{s}");
+        assert!(s.contains("ok-org") && s.contains("api.github.com"), "{s}");
         let e = Secret::from_json(br#"{"inject_processor":{"token":SUPERSECRET}}"#)
             .err()
             .unwrap();

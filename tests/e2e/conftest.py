@@ -4,11 +4,13 @@ Everything listens on 127.0.0.1 (or ::1) on ephemeral ports. The binary is built
 `make test` (release profile) and shared; set PROXYPILOT_BIN to use another build.
 """
 
+import base64
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -233,6 +235,19 @@ class Tokenizer:
         )
         return r.stdout.strip()
 
+    def seal_raw(self, data):
+        """Seal any bytes with libsodium (PyNaCl), even a secret our `seal` would refuse."""
+        return seal_raw(self.seal_key, data)
+
+
+def seal_raw(seal_key_hex, data):
+    from nacl.public import PublicKey, SealedBox
+
+    if isinstance(data, str):
+        data = data.encode()
+    box = SealedBox(PublicKey(bytes.fromhex(seal_key_hex)))
+    return base64.b64encode(box.encrypt(data)).decode()
+
 
 def keygen(bin_path):
     out = run([bin_path, "keygen"]).stdout
@@ -274,6 +289,16 @@ class Sidecar:
     def resolve_args(self, host="api.github.com"):
         return ["--resolve", f"{host}:{self.port}:127.0.0.1", "--cacert", str(self.ca)]
 
+    def pid(self):
+        return self.proc.p.pid
+
+    def tls_socket(self, host="api.github.com", alpn=("http/1.1",), timeout=10):
+        """A TLS connection to this sidecar for `host` (SNI), verified against its CA."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.set_alpn_protocols(list(alpn))
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return ctx.wrap_socket(sock, server_hostname=host)
+
     def curl(self, path, host="api.github.com", extra=(), check=True):
         url = f"https://{host}:{self.port}{path}"
         args = ["curl", "-sS", "--max-time", "20", *self.resolve_args(host), *extra,
@@ -294,7 +319,7 @@ proxypilot:
   ca:
     cert: {ca_dir}/ca.pem
     key: {ca_dir}/ca-key.pem
-  tokenizer:
+{section_extra}  tokenizer:
     url: {tokenizer_url}
 {tokenizer_extra}  routes:
     - host: api.github.com
@@ -317,17 +342,24 @@ def sealed_env(tokenizer):
 
 
 def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None,
-                  tokenizer_extra=""):
-    """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port)."""
+                  tokenizer_extra="", section_extra="", env_extra=None, tokenizer_url=None):
+    """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port).
+
+    `section_extra` adds lines to the `proxypilot:` section (indent 2), `tokenizer_extra` to its
+    `tokenizer:` (indent 4); `tokenizer_url` points it elsewhere than `tokenizer` (a stand-in),
+    whose key still seals the routes' secrets."""
     d = workdir / name
     d.mkdir(exist_ok=True)
     port = port or free_port()
     conf = d / "proxy.yaml"
     conf.write_text(
-        SIDECAR_YAML.format(port=port, ca_dir=d / "ca", tokenizer_url=tokenizer.url,
-                            tokenizer_extra=tokenizer_extra) + yaml_extra
+        SIDECAR_YAML.format(port=port, ca_dir=d / "ca",
+                            tokenizer_url=tokenizer_url or tokenizer.url,
+                            tokenizer_extra=tokenizer_extra, section_extra=section_extra)
+        + yaml_extra
     )
     env = sealed_env(tokenizer)
+    env.update(env_extra or {})
     p = Proc(name, [bin_path, "serve", "-c", str(conf)], env=env, log_dir=workdir)
     wait_port(port, p)
     return Sidecar(p, port, d / "ca" / "ca.pem", d, env)
@@ -338,6 +370,79 @@ def sidecar(bin_path, workdir, tokenizer):
     s = start_sidecar(bin_path, workdir, tokenizer)
     yield s
     s.proc.stop()
+
+
+def read_response(sock, timeout=10):
+    """Read one HTTP/1.1 response (Content-Length, chunked or close-delimited) from a socket:
+    (status, headers as a lower-case dict, body bytes). Status 0 when the connection closed
+    before a status line."""
+    sock.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            data = b""
+        if not data:
+            return 0, {}, buf
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        headers[k.strip().lower()] = v.strip()
+
+    def more():
+        try:
+            return sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            return b""
+
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(rest) < n:
+            d = more()
+            if not d:
+                break
+            rest += d
+        return status, headers, rest[:n]
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                d = more()
+                if not d:
+                    return status, headers, body
+                rest += d
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                d = more()
+                if not d:
+                    return status, headers, body + rest
+                rest += d
+            if size == 0:
+                return status, headers, body
+            body += rest[:size]
+            rest = rest[size + 2:]
+    while True:
+        d = more()
+        if not d:
+            return status, headers, rest
+        rest += d
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ length and sha256) to a JSON-lines log, so tests can assert what reached "the re
 
     python3 upstream.py --cert up.pem --key up.key --port 0 --log requests.jsonl --ready ready.txt
 
-Routes: anything -> 200 JSON echo; /status/NNN -> that status; /sse?n=N&gap_ms=G -> server-sent
+Routes: anything -> 200 JSON echo (credential header values redacted); /status/NNN -> that status; /sse?n=N&gap_ms=G -> server-sent
 events; /bytes/N -> N bytes; POST bodies are read fully (hashed, not stored).
 
 So that the real SDKs can parse the answer, two API shapes are faked:
@@ -104,6 +104,17 @@ def openai_chunks(req, text):
     yield None, dict(base, choices=[{"index": 0, "delta": {}, "logprobs": None,
                                      "finish_reason": "stop"}])
     yield None, "[DONE]"
+
+
+# Only these request headers are echoed with their values; every other value (Authorization,
+# X-Api-Key, any injected header) is shown as "<redacted>", so that a response body never carries
+# a credential back to the client. The request log keeps everything for the tests' assertions.
+ECHOED = {"host", "user-agent", "accept", "content-type", "content-length", "transfer-encoding",
+          "connection", "accept-encoding", "x-request"}
+
+
+def redacted(headers):
+    return {k: (v if k.lower() in ECHOED else "<redacted>") for k, v in headers}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -226,7 +237,8 @@ class Handler(BaseHTTPRequestHandler):
                               "application/x-git-upload-pack-advertisement")
         if url.path.startswith("/status/"):
             code = int(url.path.split("/")[2])
-            return self._send(code, json.dumps(entry).encode())
+            shown = dict(entry, headers=redacted(entry["headers"]))
+            return self._send(code, json.dumps(shown).encode())
         if url.path.startswith("/bytes/"):
             n = int(url.path.split("/")[2])
             self.send_response(200)
@@ -264,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
             "login": "echo-user",
             "method": self.command,
             "path": self.path,
-            "headers": dict(self.headers.items()),
+            "headers": redacted(self.headers.items()),
             "body_len": body_len,
         }
         self._send(200, json.dumps(out).encode())
