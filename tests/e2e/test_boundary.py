@@ -530,3 +530,28 @@ proxypilot:
     finally:
         for _, p in procs:
             p.stop()
+
+
+def test_tokenizer_never_sends_a_post_to_the_api_twice(rec_tokenizer, tls_recorder):
+    """A pooled upstream connection that breaks under a POST: the client gets an error, and the
+    API saw the POST once (it may have acted on it), never a retry."""
+    sealed = rec_tokenizer.seal_json({"inject_processor": {"token": "tok-Z"}, "no_auth": {},
+                                      "allowed_hosts": ["api.github.com"]})
+    c = http.client.HTTPConnection("127.0.0.1", rec_tokenizer.port, timeout=20)
+    c.request("GET", "http://api.github.com/warm", headers={"Proxy-Tokenizer": sealed})
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    tls_recorder.clear()
+    tls_recorder.mode = "reset_before"
+    try:
+        c.request("POST", "http://api.github.com/charge", body=b'{"amount": 42}',
+                  headers={"Proxy-Tokenizer": sealed, "Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 502, r.read()
+        time.sleep(0.5)
+        posts = [q for q in tls_recorder.requests() if q.method == "POST"]
+        assert len(posts) == 1, posts
+    finally:
+        tls_recorder.mode = "ok"
+        c.close()
