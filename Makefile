@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean bench soak
+.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,12 @@ bench: build
 ## docs/soak.md. SOAK_ARGS='--duration 60 --clients 200 --no-write' for a quick run.
 soak: build
 	python3 bench/soak.py $(SOAK_ARGS)
+
+## Fuzz the parsers with cargo-fuzz (libFuzzer), 60 s per target, and print a table of
+## executions, corpus and crashes. Not part of `test`. FUZZ_ARGS="300" for 300 s each,
+## FUZZ_ARGS="30 authority flysrc" for some targets (or FUZZ_SECONDS=300).
+fuzz: setup
+	scripts/fuzz.sh $(FUZZ_ARGS)
 
 lint: setup
 	cargo fmt --check

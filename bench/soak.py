@@ -2,9 +2,14 @@
 """`make soak`: many keep-alive HTTPS clients for a long time through the sidecar and our
 tokenizer; checks that no request fails and that memory and open files stay flat.
 
-    python3 bench/soak.py                                      # 1000 clients, 600 s; writes docs/soak.md
-    python3 bench/soak.py --duration 60 --clients 200 --no-write   # a quick run
+    make soak                                    # builds, then 1000 clients for 600 s;
+                                                 # rewrites docs/soak.md
+    python3 bench/soak.py                        # the same without building
+    python3 bench/soak.py --duration 60 --clients 200 --no-write        # a quick run
     make soak SOAK_ARGS='--duration 60 --clients 200 --no-write'
+
+PROXYPILOT_BIN (or --bin) picks the binary (default target/release/proxypilot). Only a run of at
+least 1000 clients and 600 s writes docs/soak.md; --keep keeps the work directory (logs).
 
 Everything runs on loopback, on ephemeral ports, started as tests/e2e/conftest.py does:
 
@@ -17,7 +22,8 @@ the sidecar's CA) and loops: send a request, read the whole response, sleep 0.5-
 the real credential), 10% server-sent events (GET /sse?n=5&gap_ms=50; 5 events), 5% expected
 failures (GET /status/500 -> 500 passed through; a Host naming another routed host -> 421).
 A connection the server closes is reopened and counted; a request that does not get its expected
-answer is an error.
+answer is an error. At the end the upstream's request log is checked: every request arrived once,
+with its host's real credential and without a dummy.
 
 The sidecar's and the tokenizer's RSS (VmRSS) and open file descriptors (/proc/PID/fd) are read
 before the clients connect, at the start of the measured period (after the warm-up), in its
@@ -54,6 +60,12 @@ from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ROOT / "tests" / "e2e" / "upstream.py"
+# upstream.py as is, with a listen backlog of 1024 instead of socketserver's 5: the tokenizer
+# opens upstream connections in bursts when requests pile up, and its TLS handshakes happen in
+# the accept loop, so with 5 a burst loses SYNs and those requests wait 1 s for a retry.
+UPSTREAM_BOOT = ("import runpy, socketserver, sys; "
+                 "socketserver.TCPServer.request_queue_size = 1024; "
+                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 HOSTS = ["api.github.com", "api.anthropic.com", "api.openai.com"]
 CLIENT_HOSTS = ["api.github.com", "api.anthropic.com"]  # client i uses CLIENT_HOSTS[i % 2]
 OTHER_HOST = "api.openai.com"  # routed too: a Host naming it on another name's connection -> 421
@@ -214,9 +226,9 @@ class Stack:
         # The upstream logs every request (~0.5 KiB each): checked at the end.
         self.upstream_log = self.work / "upstream-requests.jsonl"
         ready = self.work / "upstream.port"
-        self.upstream = up = self.start("upstream", [sys.executable, str(UPSTREAM), "--cert", str(pki / "up.pem"),
-                                     "--key", str(pki / "up.key"), "--log", str(self.upstream_log),
-                                     "--ready", str(ready)])
+        self.upstream = up = self.start("upstream", [
+            sys.executable, "-c", UPSTREAM_BOOT, str(UPSTREAM), "--cert", str(pki / "up.pem"),
+            "--key", str(pki / "up.key"), "--log", str(self.upstream_log), "--ready", str(ready)])
         deadline = time.time() + 20
         while not ready.exists():
             if not up.alive() or time.time() > deadline:
@@ -441,7 +453,7 @@ def reason_of(e):
     if isinstance(e, Failure):
         return str(e)
     if isinstance(e, asyncio.IncompleteReadError):
-        return "connection closed mid-response" if e.partial else "connection closed before response"
+        return "closed mid-response" if e.partial else "closed before the response"
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"
     if isinstance(e, ssl.SSLError):
@@ -512,15 +524,23 @@ def ms(v):
     return "–" if v is None else f"{v * 1000:.0f}"
 
 
-def progress_line(t, stats, last_total, interval, s):
-    total = stats.total()
+def progress_row(t, stats, last, s):
+    """The figures since the last row (`last`, or None); takes the latencies collected since."""
     lat, stats.latencies = stats.latencies, []
-    errs = stats.errors_by_kind()
-    err_txt = ", ".join(f"{k} {n}" for k, n in sorted(errs.items())) or "none"
-    return (f"[{t:5.0f}s] {total} requests ({(total - last_total) / interval:.0f}/s) "
-            f"errors: {err_txt} | reconnects {sum(stats.closed_idle.values()) + stats.closed_after} | "
-            f"normal p50 {ms(pct(lat, 0.5))} ms p99 {ms(pct(lat, 0.99))} ms max "
-            f"{ms(max(lat) if lat else None)} ms | {fmt_sample(s)}")
+    total = stats.total()
+    since = t - (last["t"] if last else 0)
+    return {"t": t, "requests": total, "rps": (total - (last["requests"] if last else 0)) / since,
+            "errors": dict(sorted(stats.errors_by_kind().items())),
+            "reconnects": sum(stats.closed_idle.values()) + stats.closed_after,
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": max(lat) if lat else None,
+            "sample": s}
+
+
+def progress_line(row):
+    errs = ", ".join(f"{k} {n}" for k, n in row["errors"].items()) or "none"
+    return (f"[{row['t']:5.0f}s] {row['requests']} requests ({row['rps']:.0f}/s) errors: {errs} | "
+            f"reconnects {row['reconnects']} | normal p50 {ms(row['p50'])} ms p99 "
+            f"{ms(row['p99'])} ms max {ms(row['max'])} ms | {fmt_sample(row['sample'])}")
 
 
 async def drive(a, stack, stats, samples):
@@ -532,7 +552,7 @@ async def drive(a, stack, stats, samples):
     marks = {"start": a.warmup, "mid": (a.warmup + a.duration) / 2, "end": a.duration - 0.5}
     tasks = [asyncio.create_task(client(i, a, ctx, stats, t_start, stop_at))
              for i in range(a.clients)]
-    next_progress, last_total, series = a.progress, 0, []
+    next_progress, series = a.progress, []
     while not all(t.done() for t in tasks):
         await asyncio.sleep(0.25)
         t = time.monotonic() - t_start
@@ -541,10 +561,8 @@ async def drive(a, stack, stats, samples):
                 samples[name] = sample(stack)
                 del marks[name]
         if t >= next_progress:
-            s = sample(stack)
-            series.append(s)
-            print(progress_line(t, stats, last_total, a.progress, s), flush=True)
-            last_total = stats.total()
+            series.append(progress_row(t, stats, series[-1] if series else None, sample(stack)))
+            print(progress_line(series[-1]), flush=True)
             next_progress += a.progress
         if t > a.duration + REQUEST_TIMEOUT + 15:
             print("clients did not stop in time; cancelling", flush=True)
@@ -552,9 +570,10 @@ async def drive(a, stack, stats, samples):
                 task.cancel()
             break
     await asyncio.gather(*tasks, return_exceptions=True)
-    samples["peak"] = {name: (max(x[name][0] for x in series + [samples["end"]]),
-                              max(x[name][1] for x in series + [samples["end"]]))
+    every = [row["sample"] for row in series] + [samples["end"]]
+    samples["peak"] = {name: (max(x[name][0] for x in every), max(x[name][1] for x in every))
                        for name in ("sidecar", "tokenizer")}
+    samples["series"] = series
 
 
 def settle(stack, before):
@@ -565,7 +584,8 @@ def settle(stack, before):
     t0 = time.monotonic()
     while True:
         s = sample(stack)
-        if all(s[n][1] <= before[n][1] for n in s) or time.monotonic() - t0 > SETTLE_S - AFTER_TRIM_S:
+        back = all(s[n][1] <= before[n][1] for n in s)
+        if back or time.monotonic() - t0 > SETTLE_S - AFTER_TRIM_S:
             break
         time.sleep(1)
     waited = AFTER_TRIM_S + time.monotonic() - t0
@@ -596,66 +616,92 @@ def verdicts(stats, samples, upstream):
 
 
 def report(a, stats, samples, waited, elapsed, upstream, bad, command):
-    L = []
-    add = L.append
+    """The result as markdown tables (printed, and written to docs/soak.md)."""
+    return "\n\n".join([
+        summary_table(a, stats, samples, elapsed, upstream, bad, command),
+        requests_table(stats),
+        errors_list(stats),
+        resources_table(samples),
+        f"\"after clients left\": RSS {AFTER_TRIM_S:.0f} s after the last client closed (past "
+        f"one heap trim), fds {waited:.0f} s after (pooled connections close on their idle "
+        f"timeouts). Tolerances: RSS end ≤ {RSS_GROWTH}x start; fds end ≤ {FD_GROWTH}x start + "
+        f"{FD_SLACK}; fds after ≤ before + {FD_SLACK}; no request with an unexpected answer.",
+        f"Every {a.progress:.0f} s (latencies of the normal requests in that interval):",
+        series_table(samples["series"]),
+    ]) + "\n"
+
+
+def summary_table(a, stats, samples, elapsed, upstream, bad, command):
     total = stats.total()
-    add("| | |\n|---|---|")
-    add(f"| Command | `{command}` |")
-    add(f"| Date | {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} |")
-    add(f"| Machine | {os.cpu_count()} CPUs, Linux {platform.release()}, Python "
-        f"{platform.python_version()} |")
-    add(f"| Binary | `{a.bin}` ({version(a.bin)}) |")
-    add(f"| Duration | {a.duration:.0f} s (measured from {a.warmup:.0f} s, after the ramp-up and "
-        f"warm-up; clients connect over the first {a.ramp:.0f} s) |")
-    add(f"| Clients | {a.clients} TLS HTTP/1.1 keep-alive clients, "
-        f"{SLEEP_MIN}–{SLEEP_MAX} s between requests |")
-    add(f"| Requests | {total:,} ({total / elapsed:.0f}/s) |")
     idle = ", ".join(f"{n:,} after {LABEL.get(k, k)}" for k, n in stats.closed_idle.most_common())
-    add(f"| Connections | {stats.connects:,} opened; closed by the server between requests: "
-        f"{sum(stats.closed_idle.values()):,}{' (' + idle + ')' if idle else ''}; "
-        f"with `Connection: close`: {stats.closed_after:,} |")
-    add(f"| Upstream | {upstream['requests']:,} requests received; {upstream['forwarded']:,} "
-        f"expected (the clients' requests less the 421s); "
-        + (", ".join(f"{k}: {v}" for k, v in sorted(upstream["bad"].items())) or
-           "each with its host's real credential and no dummy, none twice") + " |")
+    checked = ", ".join(f"{k}: {v}" for k, v in sorted(upstream["bad"].items()))
     cpu = ", ".join(f"{k} {v:.0f} s" for k, v in samples["cpu"].items())
-    add(f"| CPU time | {cpu} (of {elapsed * os.cpu_count():.0f} CPU-seconds) |")
-    add(f"| Result | {'**PASS**' if not bad else '**FAIL**: ' + '; '.join(bad)} |")
-    add("")
-    add("| request | expected | requests | errors | p50 ms | p99 ms | max ms |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        ("Command", f"`{command}`"),
+        ("Date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
+        ("Machine", f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
+                    f"Python {platform.python_version()}"),
+        ("Binary", f"`{a.bin}` ({version(a.bin)})"),
+        ("Duration", f"{a.duration:.0f} s; figures from {a.warmup:.0f} s on (clients connect "
+                     f"over the first {a.ramp:.0f} s)"),
+        ("Clients", f"{a.clients} TLS HTTP/1.1 keep-alive clients, {SLEEP_MIN}–{SLEEP_MAX} s "
+                    "between requests"),
+        ("Requests", f"{total:,} ({total / elapsed:.0f}/s)"),
+        ("Connections", f"{stats.connects:,} opened; closed by the server between requests: "
+                        f"{sum(stats.closed_idle.values()):,}{' (' + idle + ')' if idle else ''}"
+                        f"; with `Connection: close`: {stats.closed_after:,}"),
+        ("Upstream", f"{upstream['requests']:,} requests received, {upstream['forwarded']:,} "
+                     "expected (the clients' requests less the 421s); " + (
+                         checked or "each with its host's real credential, no dummy, none twice")),
+        ("CPU time", f"{cpu} (of {elapsed * os.cpu_count():.0f} CPU-seconds)"),
+        ("Result", "**PASS**" if not bad else "**FAIL**: " + "; ".join(bad)),
+    ]
+    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def requests_table(stats):
+    L = ["| request | expected | requests | errors | p50 ms | p99 ms | max ms |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
     errs = stats.errors_by_kind()
     for kind in EXPECTED:
         lat = stats.all_latencies[kind]
-        add(f"| {LABEL[kind]} | {EXPECTED[kind]} | {stats.ok[kind] + errs[kind]:,} | "
-            f"{errs[kind]} | {ms(pct(lat, 0.5))} | {ms(pct(lat, 0.99))} | "
-            f"{ms(max(lat) if lat else None)} |")
+        L.append(f"| {LABEL[kind]} | {EXPECTED[kind]} | {stats.ok[kind] + errs[kind]:,} | "
+                 f"{errs[kind]} | {ms(pct(lat, 0.5))} | {ms(pct(lat, 0.99))} | "
+                 f"{ms(max(lat) if lat else None)} |")
     if errs["connect"]:
-        add(f"| (connect) | | | {errs['connect']} | | | |")
-    add("")
-    if stats.errors:
-        add("Errors by kind and reason:")
-        add("")
-        for (kind, reason), n in sorted(stats.errors.items()):
-            add(f"- {kind}: {reason}: {n}")
-    else:
-        add("Errors: none.")
-    add("")
-    add("| process | figure | before clients | start | mid | end | end/start | peak | "
-        "after clients left |")
-    add("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        L.append(f"| (connects) | | | {errs['connect']} | | | |")
+    return "\n".join(L)
+
+
+def errors_list(stats):
+    if not stats.errors:
+        return "Errors: none."
+    return "\n".join(["Errors by kind and reason:", ""] + [
+        f"- {kind}: {reason}: {n}" for (kind, reason), n in sorted(stats.errors.items())])
+
+
+def resources_table(samples):
+    L = ["| process | figure | before clients | start | mid | end | end/start | peak | "
+         "after clients left |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in ("sidecar", "tokenizer"):
         for i, (what, f) in enumerate((("RSS MiB", "{:.1f}"), ("open fds", "{}"))):
             v = {k: samples[k][name][i] for k in ("before", "start", "mid", "end", "peak", "after")}
-            ratio = v["end"] / v["start"] if v["start"] else float("nan")
-            add(f"| {name} | {what} | " + " | ".join(f.format(v[k]) for k in
-                                                     ("before", "start", "mid", "end")) +
-                f" | {ratio:.2f} | {f.format(v['peak'])} | {f.format(v['after'])} |")
-    add("")
-    add(f"\"after clients left\": RSS {AFTER_TRIM_S:.0f} s after the last client closed (past "
-        f"one heap trim), fds {waited:.0f} s after (pooled connections close on their idle "
-        f"timeouts). Tolerances: RSS end ≤ {RSS_GROWTH}x start; fds end ≤ {FD_GROWTH}x start + "
-        f"{FD_SLACK}; fds after ≤ before + {FD_SLACK}; no request with an unexpected answer.")
+            cells = [f.format(v[k]) for k in ("before", "start", "mid", "end")]
+            cells += [f"{v['end'] / v['start']:.2f}", f.format(v["peak"]), f.format(v["after"])]
+            L.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+    return "\n".join(L)
+
+
+def series_table(series):
+    L = ["| s | requests | req/s | errors | p50 ms | p99 ms | max ms | sidecar MiB | sidecar fds "
+         "| tokenizer MiB | tokenizer fds |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in series:
+        (srss, sfd), (trss, tfd) = row["sample"]["sidecar"], row["sample"]["tokenizer"]
+        L.append(f"| {row['t']:.0f} | {row['requests']:,} | {row['rps']:.0f} | "
+                 f"{sum(row['errors'].values())} | {ms(row['p50'])} | {ms(row['p99'])} | "
+                 f"{ms(row['max'])} | {srss:.1f} | {sfd} | {trss:.1f} | {tfd} |")
     return "\n".join(L)
 
 
@@ -719,11 +765,10 @@ MARKDOWN = """# Soak test
 sidecar (`proxypilot serve`, `threads: 1`) and our tokenizer (`proxypilot tokenizer`) to a local
 HTTPS upstream (`tests/e2e/upstream.py`), all on loopback. Each client sends a request, reads the
 whole answer, sleeps 0.5–2 s and repeats on the same connection. Normal requests must get the
-upstream's echo of that very request with the real credential; events streams must deliver all
+upstream's echo of that very request with the real credential; event streams must deliver all
 their events; a 500 must pass through and a Host naming another routed host must get 421.
 
-{table}
-"""
+{table}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,8 +787,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=600, help="seconds of traffic")
-    ap.add_argument("--warmup", type=float, default=60,
-                    help="seconds before the 'start' figures (at most a third of --duration)")
+    ap.add_argument("--warmup", type=float,
+                    help="seconds before the 'start' figures (default 60, at most a third of "
+                    "--duration)")
     ap.add_argument("--ramp", type=float, help="seconds over which the clients connect "
                     "(default clients/100)")
     ap.add_argument("--progress", type=float, default=30, help="seconds between progress lines")
@@ -756,7 +802,10 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--verbose", action="store_true", help="print every failed request")
     a = ap.parse_args()
-    a.warmup = min(a.warmup, a.duration / 3)
+    if a.warmup is None:
+        a.warmup = min(60, a.duration / 3)
+    elif not 0 <= a.warmup < a.duration - 1:
+        sys.exit("--warmup must be shorter than --duration")
     a.ramp = a.clients / 100 if a.ramp is None else a.ramp
     a.ramp = min(a.ramp, a.warmup)
     if not Path(a.bin).exists():
@@ -784,7 +833,8 @@ def main():
         elapsed = time.monotonic() - t0
         samples["cpu"] = {p.name: cpu_seconds(p.pid) - cpu0[p.name] for p in procs}
         samples["cpu"]["clients (this script)"] = time.process_time() - cpu0["clients"]
-        print(f"clients done after {elapsed:.0f} s; waiting for the processes to settle", flush=True)
+        print(f"clients done after {elapsed:.0f} s; waiting for the processes to settle",
+              flush=True)
         samples["after"], waited = settle(stack, samples["before"])
         upstream = check_upstream_log(stack.upstream_log, stats)
         bad = verdicts(stats, samples, upstream)

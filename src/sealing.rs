@@ -157,15 +157,34 @@ impl TokenizerHeader {
         })
     }
 
-    /// The header value: the sealed secret, then `; {json}` when there are params.
+    /// The header value: the sealed secret, then `; {json}` when there are params. The JSON is
+    /// ASCII only (other characters as `\uXXXX` escapes, which JSON readers decode back), since
+    /// a header value with bytes above 0x7f is refused by many readers, ours included.
     pub fn format(&self) -> String {
         if self.params.is_empty() {
             self.sealed.clone()
         } else {
             let json = serde_json::to_string(&self.params).expect("string map serializes");
-            format!("{}; {}", self.sealed, json)
+            format!("{}; {}", self.sealed, ascii_json(&json))
         }
     }
+}
+
+/// Escape every non-ASCII character of serialized JSON as `\uXXXX` (UTF-16, so characters
+/// beyond the BMP become surrogate pairs). Outside strings JSON is ASCII already.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -215,5 +234,15 @@ mod tests {
         let e = TokenizerHeader::parse("abc; {\"dst\": 12345678}").unwrap_err();
         assert!(!e.contains("12345678"), "{e}");
         assert!(!format!("{h:?}").contains("abc="));
+        // Non-ASCII params go out as JSON escapes and read back the same.
+        let mut params = Params::new();
+        params.insert("fmt".into(), "Bearer %s é 😀".into());
+        let h = TokenizerHeader {
+            sealed: "abc=".into(),
+            params,
+        };
+        let v = h.format();
+        assert!(v.is_ascii() && v.contains("\\u00e9") && v.contains("\\ud83d\\ude00"), "{v}");
+        assert_eq!(TokenizerHeader::parse(&v).unwrap(), h);
     }
 }
