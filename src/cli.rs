@@ -279,6 +279,13 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             (cfg, conf)
         }
     };
+    // Pingora's default (900 s) keeps every read timeout (10 min) in its timer wheel until the
+    // deadline; an explicit setting in the config file other than that default is kept.
+    let default_threshold = pingora_core::server::configuration::ServerConf::default()
+        .fast_timeout_to_tokio_threshold_seconds;
+    if conf.fast_timeout_to_tokio_threshold_seconds == default_threshold {
+        conf.fast_timeout_to_tokio_threshold_seconds = Some(tokenizer::FAST_TIMER_MAX_SECS);
+    }
     // A sidecar should stop promptly: pingora waits 300 s on SIGTERM unless told otherwise.
     conf.grace_period_seconds.get_or_insert(1);
     conf.graceful_shutdown_timeout_seconds.get_or_insert(2);

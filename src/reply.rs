@@ -114,8 +114,14 @@ pub async fn send(
     Ok(())
 }
 
-/// Write a plain-text error: `reason` plus a newline.
+/// Write a plain-text error: `reason` plus a newline. Nothing is written when a response has
+/// already begun (the upstream failed mid-body): appending the reason would turn a truncated
+/// body into a complete-looking one; the caller drops the connection instead, so the client
+/// sees the truncation.
 pub async fn send_error(session: &mut Session, status: u16, reason: &str) {
+    if session.response_written().is_some() {
+        return;
+    }
     let body = Bytes::from(format!("{reason}\n"));
     if let Err(e) = send(session, status, "text/plain; charset=utf-8", body, &[]).await {
         log::debug!("could not send the {status} answer: {e}");

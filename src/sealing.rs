@@ -242,7 +242,10 @@ mod tests {
             params,
         };
         let v = h.format();
-        assert!(v.is_ascii() && v.contains("\\u00e9") && v.contains("\\ud83d\\ude00"), "{v}");
+        assert!(
+            v.is_ascii() && v.contains("\\u00e9") && v.contains("\\ud83d\\ude00"),
+            "{v}"
+        );
         assert_eq!(TokenizerHeader::parse(&v).unwrap(), h);
     }
 }

@@ -585,6 +585,11 @@ pub fn parse_nets(values: &[String]) -> std::result::Result<Vec<IpNet>, String> 
         .collect()
 }
 
+/// Timeouts longer than this use tokio's timers, which are removed when cancelled; pingora's
+/// faster timer wheel keeps every timeout it armed until its deadline, so with a 10-minute read
+/// timeout memory grew with traffic for 10 minutes (the soak test saw +27 MiB at 770 req/s).
+pub const FAST_TIMER_MAX_SECS: u64 = 30;
+
 /// Start the tokenizer and serve until a signal stops it.
 pub fn run(settings: Settings, opt: Opt) -> ! {
     let mut conf = ServerConf {
@@ -594,6 +599,7 @@ pub fn run(settings: Settings, opt: Opt) -> ! {
         ..Default::default()
     };
     conf.upstream_keepalive_pool_size = 256;
+    conf.fast_timeout_to_tokio_threshold_seconds = Some(FAST_TIMER_MAX_SECS);
     let listen = settings.listen.clone();
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();

@@ -12,6 +12,7 @@ what was written to it. Its `mode` decides how it answers, so the same stand-in 
     reset_before  read the request, then reset without a byte of answer
     garbage       read the request, answer bytes that are not HTTP, close
     sse           answer an endless chunked event stream, one event every 50 ms
+    sse_stall     answer a chunked event stream, two events, then nothing more (until stopped)
 
     s = Standin().start(); ...; s.stop()
 """
@@ -289,6 +290,14 @@ class Standin:
                     s.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
                     i += 1
                     time.sleep(0.05)
+                return False
+            if mode == "sse_stall":
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n")
+                for i in range(2):
+                    ev = f"data: {i}\n\n".encode()
+                    s.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                self._stop.wait()
                 return False
             raise ValueError(f"unknown mode {mode}")
         except (OSError, ssl.SSLError):

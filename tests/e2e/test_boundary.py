@@ -555,3 +555,42 @@ def test_tokenizer_never_sends_a_post_to_the_api_twice(rec_tokenizer, tls_record
     finally:
         tls_recorder.mode = "ok"
         c.close()
+
+
+def test_tokenizer_marks_an_upstream_stall_mid_body_as_truncated(bin_path, workdir, pki,
+                                                                 tls_recorder):
+    """The API goes quiet after two events: the tokenizer must end the connection without the
+    chunked terminator (the response is broken), never append its error text and finish."""
+    from conftest import keygen
+
+    open_key, seal_key = keygen(bin_path)
+    port = free_port()
+    p = Proc("tokenizer-stall", [bin_path, "tokenizer", "--listen", f"127.0.0.1:{port}",
+                                 "--upstream-ca", str(pki / "upca.pem"), "--read-timeout", "1s",
+                                 "--connect-to", f"::127.0.0.1:{tls_recorder.port}"],
+             env={"OPEN_KEY": open_key}, log_dir=workdir)
+    try:
+        wait_port(port, p)
+        sealed = run([bin_path, "seal", "--json-file", "-"], env={"SEAL_KEY": seal_key},
+                     input=json.dumps({"inject_processor": {"token": "t"}, "no_auth": {},
+                                       "allowed_hosts": ["api.github.com"]})).stdout.strip()
+        tls_recorder.mode = "sse_stall"
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"GET http://api.github.com/events HTTP/1.1\r\nHost: api.github.com\r\n"
+                      f"Proxy-Tokenizer: {sealed}\r\n\r\n".encode())
+            raw = b""
+            t0 = time.time()
+            while time.time() - t0 < 8:
+                d = s.recv(65536)
+                if not d:
+                    break
+                raw += d
+        assert raw.startswith(b"HTTP/1.1 200"), raw
+        assert b"data: 1" in raw and b"timed out" not in raw, raw
+        assert not raw.endswith(b"0\r\n\r\n"), raw
+        assert time.time() - t0 < 5
+    finally:
+        tls_recorder.mode = "ok"
+        p.stop()

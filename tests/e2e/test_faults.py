@@ -289,3 +289,16 @@ def test_connection_cap_refuses_cleanly_and_frees_slots(bin_path, workdir, token
         for c in held:
             c.close()
         s.proc.stop()
+
+
+@pytest.mark.parametrize("proto", ["--http1.1", "--http2"])
+def test_tokenizer_stalling_mid_stream_truncates_the_response(fsidecar, standin, proto):
+    """Two events, then the tokenizer goes quiet past read_timeout: the client must see a broken
+    response, not a complete 200 with an error message appended to the events."""
+    standin.mode = "sse_stall"
+    code, body, took, r = timed_curl(fsidecar, "/fault/stall", extra=[proto, "-N"])
+    assert code == 200 and "data: 1" in body, body
+    assert r.returncode != 0, "a truncated stream ended as if complete"
+    assert "timed out" not in body and "tokenizer" not in body, body
+    assert took < READ_TIMEOUT + 3
+    assert_recovers(fsidecar, standin)
