@@ -270,6 +270,20 @@ impl Refusal {
 }
 
 impl Deadlines {
+    fn new(header_timeout: Duration, idle_timeout: Duration) -> Self {
+        Deadlines {
+            header_timeout,
+            idle_timeout,
+            seen_done: 0,
+            header_started: false,
+            header_bytes: 0,
+            header_done: false,
+            started: false,
+            tail: [0; 3],
+            timer: None,
+        }
+    }
+
     /// Look at newly read header bytes: find the header's end (an empty line), refuse a bare
     /// LF or a header over [`MAX_HEADER_BYTES`]. Bytes after the end (a body, a pipelined
     /// request) are not looked at.
@@ -307,16 +321,10 @@ impl Guarded {
     fn new(inner: Stream, limits: &Limits) -> Self {
         let digest = inner.get_ssl_digest();
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        let deadlines = (!h2 && state_of(digest.as_ref()).is_some()).then(|| Deadlines {
-            header_timeout: limits.header_timeout,
-            idle_timeout: limits.idle_timeout,
-            seen_done: 0,
-            header_started: false,
-            header_bytes: 0,
-            header_done: false,
-            started: false,
-            tail: [0; 3],
-            timer: Some(Box::pin(tokio::time::sleep(limits.idle_timeout))),
+        let deadlines = (!h2 && state_of(digest.as_ref()).is_some()).then(|| {
+            let mut d = Deadlines::new(limits.header_timeout, limits.idle_timeout);
+            d.timer = Some(Box::pin(tokio::time::sleep(limits.idle_timeout)));
+            d
         });
         Guarded {
             inner,
@@ -573,17 +581,7 @@ mod tests {
     }
 
     fn deadlines() -> Deadlines {
-        Deadlines {
-            header_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            seen_done: 0,
-            header_started: false,
-            header_bytes: 0,
-            header_done: false,
-            started: false,
-            tail: [0; 3],
-            timer: None,
-        }
+        Deadlines::new(Duration::from_secs(1), Duration::from_secs(1))
     }
 
     #[test]
