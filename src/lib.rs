@@ -1,22 +1,23 @@
-//! proxypilot as a library: the modules behind the `proxypilot` binary, exposed so that fuzz
-//! targets and integration tests can drive the parsers and phases in-process.
+//! proxypilot as a library: the two programs side by side over shared pieces, exposed so that
+//! fuzz targets and Rust tests can drive the parsers and phases in-process.
+//!
+//! ```text
+//! sidecar/     proxypilot serve: config, CA + minting, client connection limits, proxy phases
+//! tokenizer/   proxypilot tokenizer: config, proxy phases, authorize, processors, Fly-Src
+//! secret, sealing, host, resolve, trust, reply, timeouts   shared by both
+//! cli/         one file per subcommand, thin dispatch
+//! logging, memory                                          process-wide setup
+//! ```
 
-pub mod authorize;
-pub mod ca;
-pub mod certstore;
 pub mod cli;
-pub mod config;
-pub mod conn;
-pub mod flysrc;
 pub mod host;
 pub mod logging;
 pub mod memory;
-pub mod metrics;
-pub mod processor;
-pub mod proxy;
 pub mod reply;
 pub mod resolve;
 pub mod sealing;
 pub mod secret;
-pub mod spares;
+pub mod sidecar;
+pub mod timeouts;
 pub mod tokenizer;
+pub mod trust;

@@ -1,9 +1,10 @@
 //! The process's heap: fewer malloc arenas, and freed memory given back to the system.
 //!
 //! glibc keeps memory freed by finished connections in its arenas, so after a burst of clients
-//! the process stays at its peak size (measured: 88 MiB after 1000 TLS clients left, 22 MiB
-//! after a trim). A pingora background service calls `malloc_trim` every few seconds; it runs
-//! inside pingora's runtime, so it survives daemon mode's fork.
+//! the process would stay at its peak size (`make bench`'s memory rows, in
+//! docs/benchmarks.md, show the peak and the size after the clients left). A pingora background
+//! service calls `malloc_trim` every few seconds; it runs inside pingora's runtime, so it
+//! survives daemon mode's fork.
 //! Because of that trim, `free` need not give memory back itself: `tune` raises glibc's trim
 //! threshold so that a request's short-lived buffers (OpenSSL's 17 KiB record buffer is taken
 //! and released on every read) do not cost an `madvise` and fresh page faults each time.
@@ -35,8 +36,9 @@ impl BackgroundService for Trim {
 pub const KEEP_ON_FREE: usize = 16 << 20;
 
 /// At most this many malloc arenas. glibc's default (8 per core) gives each worker thread its
-/// own, and a connection's memory freed in one cannot serve another thread: measured with 1000
-/// TLS keep-alive clients, 2 arenas peak 4 MiB lower (76.5 -> 72.8 MiB) at the same throughput.
+/// own, and a connection's memory freed in one cannot serve another thread: with 1000 TLS
+/// keep-alive clients, 2 arenas peaked lower at the same throughput (the A/B is in the
+/// closing note of the session that chose it; re-measure with `make bench --extras memory`).
 pub const ARENAS: libc::c_int = 2;
 
 /// Called first thing in `main`, before any thread starts.

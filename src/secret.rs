@@ -60,6 +60,21 @@ fn forbidden_dst(name: &str) -> bool {
     FORBIDDEN_DST.contains(&lower.as_str()) || lower.starts_with("proxy-")
 }
 
+/// What `proxypilot seal` is asked for, in plain terms: the token goes into `header` (default
+/// `Authorization`) formatted with `fmt` (default `Bearer %s`, or the bare token with a
+/// header), for `hosts`, usable by the Fly `orgs`/`apps`/`instances`, or by whoever knows
+/// `password`, or (neither) by anyone holding the sealed blob.
+#[derive(Default, Clone)]
+pub struct SealSpec {
+    pub hosts: Vec<String>,
+    pub header: Option<String>,
+    pub fmt: Option<String>,
+    pub orgs: Vec<String>,
+    pub apps: Vec<String>,
+    pub instances: Vec<String>,
+    pub password: Option<Zeroizing<String>>,
+}
+
 /// Go encodes `[]byte` as standard base64; this wraps such a field.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct B64Bytes(pub Zeroizing<Vec<u8>>);
@@ -220,6 +235,52 @@ pub enum Auth {
 }
 
 impl Secret {
+    /// An `inject_processor` secret built from a [`SealSpec`]; errors are fit for the user.
+    pub fn inject(token: Zeroizing<String>, spec: &SealSpec) -> Result<Secret, String> {
+        use sha2::{Digest, Sha256};
+        let mut fd = FmtDst::default();
+        if let Some(h) = &spec.header {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("--header {h:?} is not a header name"))?;
+            if forbidden_dst(h) {
+                return Err(format!("--header {h:?}: a secret may not set routing, framing, hop-by-hop or Proxy-* headers"));
+            }
+            fd.dst = h.clone();
+            fd.fmt = spec.fmt.clone().unwrap_or_else(|| "%s".into());
+        } else if let Some(f) = &spec.fmt {
+            fd.fmt = f.clone();
+        }
+        fd.apply_fmt(&Default::default(), FmtArg::Str("t"))
+            .map_err(|_| format!("--fmt {:?}: needs exactly one %s", fd.fmt))?;
+        let mut s = Secret {
+            inject_processor: Some(InjectProcessor { token, fmt_dst: fd }),
+            ..Default::default()
+        };
+        let fly = !(spec.orgs.is_empty() && spec.apps.is_empty() && spec.instances.is_empty());
+        match (&spec.password, fly) {
+            (Some(_), true) => {
+                return Err("choose a password or --org/--app/--instance, not both".into())
+            }
+            (Some(pw), false) => {
+                s.bearer_auth = Some(BearerAuth {
+                    digest: B64Bytes(Zeroizing::new(Sha256::digest(pw.as_bytes()).to_vec())),
+                });
+            }
+            (None, true) => {
+                s.fly_src_auth = Some(FlySrcAuth {
+                    allowed_orgs: spec.orgs.clone(),
+                    allowed_apps: spec.apps.clone(),
+                    allowed_instances: spec.instances.clone(),
+                })
+            }
+            (None, false) => s.no_auth = Some(NoAuth {}),
+        }
+        if !spec.hosts.is_empty() {
+            s.allowed_hosts = Some(spec.hosts.iter().map(|h| host::normalize(h)).collect());
+        }
+        Ok(s)
+    }
+
     /// Parse the opened JSON. The error never quotes the input.
     pub fn from_json(json: &[u8]) -> Result<Secret, SecretError> {
         serde_json::from_slice(json)
@@ -407,6 +468,54 @@ fn fmt_dst_summary(fd: &FmtDst) -> String {
         s.push_str(&format!(" fmt={fmt:?}"));
     }
     s
+}
+
+/// Replace every value of a secret's JSON that might be secret with `<redacted>`, for
+/// `unseal`. Only fields known to hold no secret keep their value (the routing and policy parts
+/// a reader needs); everything else, including every field of a processor or auth this build
+/// does not know, is hidden.
+pub fn redact_json(v: &mut serde_json::Value) {
+    const SHOWN: &[&str] = &[
+        "dst",
+        "fmt",
+        "allowed_dst",
+        "allowed_fmt",
+        "hash",
+        "placeholder",
+        "allowed_hosts",
+        "allowed_host_pattern",
+        "allowed_orgs",
+        "allowed_apps",
+        "allowed_instances",
+        "app_id",
+        "installation_id",
+        "client_id",
+        "email",
+        "sub",
+        "scopes",
+        "token_url",
+        "no_swap",
+    ];
+    /// Redact every leaf under `v`, except the values of `SHOWN` keys in objects below it.
+    fn all(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(_) => redact_json(v),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(all),
+            serde_json::Value::Null => {}
+            other => *other = serde_json::Value::String("<redacted>".into()),
+        }
+    }
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if !SHOWN.contains(&k.as_str()) {
+                    all(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        _ => {}
+    }
 }
 
 /// The value to format: a string token (`%s`) or binary bytes (`%x`/`%X`).
@@ -786,5 +895,112 @@ mod tests {
             .err()
             .unwrap();
         assert!(!e.to_string().contains("SUPERSECRET"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_values_not_shape() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"inject_processor":{"token":"ghp_x","dst":"X"},"bearer_auth":{"digest":"abc"},"allowed_hosts":["a"]}"#,
+        )
+        .unwrap();
+        redact_json(&mut v);
+        let s = v.to_string();
+        assert!(!s.contains("ghp_x") && !s.contains("abc"), "{s}");
+        assert!(
+            s.contains("\"dst\":\"X\"") && s.contains("allowed_hosts"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn redaction_hides_every_field_of_unknown_processors() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"github_app_processor":{"private_key":"LS0tPEM","app_id":"42","installation_id":"7"},
+                "jwt_processor":{"private_key":"UEVN","email":"a@b","scopes":"x"},
+                "future_processor":{"whatever":"SECRET1","nested":{"deep":"SECRET2","list":["SECRET3",5]}},
+                "oauth2_processor":{"token":{"access_token":"SECRET4","refresh_token":"SECRET5"}},
+                "sigv4_processor":{"access_key":"SECRET6","secret_key":"SECRET7"},
+                "client_credentials_processor":{"client_id":"cid","client_secret":"SECRET8"},
+                "macaroon_auth":{"key":"SECRET9"},
+                "inject_hmac_processor":{"key":"SECRETA","hash":"sha256"},
+                "allowed_hosts":["api.github.com"]}"#,
+        )
+        .unwrap();
+        redact_json(&mut v);
+        let s = v.to_string();
+        for secret in ["LS0tPEM", "UEVN", "SECRET", "5]"] {
+            assert!(!s.contains(secret), "{secret} in {s}");
+        }
+        for shown in [
+            "\"app_id\":\"42\"",
+            "\"hash\":\"sha256\"",
+            "api.github.com",
+            "\"client_id\":\"cid\"",
+        ] {
+            assert!(s.contains(shown), "{shown} not in {s}");
+        }
+    }
+
+    #[test]
+    fn seal_spec_builds_the_reference_shapes() {
+        let token = || Zeroizing::new("tok".to_string());
+        let s = Secret::inject(
+            token(),
+            &SealSpec {
+                hosts: vec!["API.GitHub.com".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(j["inject_processor"]["token"], "tok");
+        assert_eq!(j["no_auth"], serde_json::json!({}));
+        assert_eq!(j["allowed_hosts"], serde_json::json!(["api.github.com"]));
+        let s = Secret::inject(
+            token(),
+            &SealSpec {
+                header: Some("x-api-key".into()),
+                password: Some(Zeroizing::new("trustno1".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(j["inject_processor"]["dst"], "x-api-key");
+        assert_eq!(j["inject_processor"]["fmt"], "%s");
+        assert_eq!(
+            j["bearer_auth"]["digest"],
+            "IDtwta6IOTIWG70L3tk1fnY+Y6/OmLFiML4z8LlMLMU="
+        );
+        let s = Secret::inject(
+            token(),
+            &SealSpec {
+                apps: vec!["a".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(s.fly_src_auth.is_some() && s.no_auth.is_none());
+        for bad in [
+            SealSpec {
+                header: Some("Host".into()),
+                ..Default::default()
+            },
+            SealSpec {
+                header: Some("bad header".into()),
+                ..Default::default()
+            },
+            SealSpec {
+                fmt: Some("%d".into()),
+                ..Default::default()
+            },
+            SealSpec {
+                apps: vec!["a".into()],
+                password: Some(Zeroizing::new("p".into())),
+                ..Default::default()
+            },
+        ] {
+            assert!(Secret::inject(token(), &bad).is_err());
+        }
     }
 }

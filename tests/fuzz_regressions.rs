@@ -2,12 +2,12 @@
 //! hand-picked nasty inputs (the seeds under fuzz/seeds/) and for every input fuzzing found.
 //! An input that shows a bug not fixed yet is a test marked `#[ignore = "bug: ..."]`.
 
-use proxypilot::config::{from_yaml, parse_tokenizer_url};
-use proxypilot::flysrc;
 use proxypilot::host::{check_dns_name, Authority};
-use proxypilot::processor::{plan, Edit, StreamReplace, DEFAULT_PLACEHOLDER};
 use proxypilot::sealing::{Params, TokenizerHeader};
 use proxypilot::secret::{canonical_header_name, FmtArg, FmtDst, Processor, Secret};
+use proxypilot::sidecar::config::{from_yaml, parse_tokenizer_url};
+use proxypilot::tokenizer::flysrc;
+use proxypilot::tokenizer::processor::{plan, Edit, StreamReplace, DEFAULT_PLACEHOLDER};
 
 fn params(kv: &[(&str, &str)]) -> Params {
     kv.iter()
@@ -391,8 +391,17 @@ fn fmt_and_dst_answers() {
 
 const SEALED: &str = "IQ4cJ7Xk3f2SlhOEoYxZBsR1ZlSMkgZ4Cy2RJRHJ/VTjHjChQIIo+Nh71acWsORQuUZANtpZXIWZ/0Ork9k4jQoSNoRWyUk6tSB0ACvxYlWQ5LvFPDJTkBNrzqcG++XWiIE5iY9AEjKPDvs=";
 
+/// The environment the configs below read (no test touches the process environment).
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PP_REG_SEALED" => Some(SEALED.to_string()),
+        "PP_REG_AUTH" => Some("hunter2-password".to_string()),
+        "PP_REG_RAW" => Some("ghp_realtoken_not_sealed".to_string()),
+        _ => None,
+    }
+}
+
 fn yaml(tokenizer_extra: &str, routes: &str) -> String {
-    std::env::set_var("PP_REG_SEALED", SEALED);
     format!(
         "proxypilot:\n  listen: [\"127.0.0.1:8443\"]\n  tokenizer:\n    url: http://127.0.0.1:8080\n{tokenizer_extra}  routes:\n{routes}"
     )
@@ -407,7 +416,7 @@ fn config_accepts() {
             "",
             "    - host: API.GitHub.com.\n      secret_env: PP_REG_SEALED\n      params: {dst: X-Api-Key, fmt: \"token %s\"}\n",
         ),
-        "r.yaml",
+        "r.yaml", &env,
     )
     .unwrap();
     let r = &c.routes["api.github.com"];
@@ -418,7 +427,7 @@ fn config_accepts() {
     // YAML anchors and other top-level keys (pingora's) are fine.
     let c = from_yaml(
         "x: &t {url: \"http://[::1]:9\"}\nproxypilot:\n  tokenizer: *t\n  routes: [{host: b.example, secret_env: PP_REG_SEALED}]\n",
-        "r.yaml",
+        "r.yaml", &env,
     );
     let c = c.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.tokenizer.url, "http://[::1]:9");
@@ -427,8 +436,6 @@ fn config_accepts() {
 
 #[test]
 fn config_errors_name_the_file_and_key() {
-    std::env::set_var("PP_REG_AUTH", "hunter2-password");
-    std::env::set_var("PP_REG_RAW", "ghp_realtoken_not_sealed");
     for (text, expected) in [
         (String::new(), "r.yaml: proxypilot: missing section (listen, tokenizer, routes)"),
         ("proxypilot:".into(), "r.yaml: proxypilot: missing section (listen, tokenizer, routes)"),
@@ -449,7 +456,7 @@ fn config_errors_name_the_file_and_key() {
         (yaml("", ROUTE).replace("http://127.0.0.1:8080", "http://me:hunter2@127.0.0.1:8080"), "r.yaml: proxypilot.tokenizer.url: has a user:password; put the password in auth_env or auth_file instead, so the config file holds no credential"),
         (yaml("", ROUTE).replace("http://127.0.0.1:8080", "http://127.0.0.1:0"), "r.yaml: proxypilot.tokenizer.url: the URL's host: bad port: not a number from 1 to 65535"),
     ] {
-        let e = from_yaml(&text, "r.yaml").err().unwrap_or_else(|| panic!("{text}"));
+        let e = from_yaml(&text, "r.yaml", &env).err().unwrap_or_else(|| panic!("{text}"));
         assert_eq!(e, expected, "{text}");
     }
     // Errors that depend on the YAML library's wording: the file name first, no secret value.
@@ -463,7 +470,7 @@ fn config_errors_name_the_file_and_key() {
         ),
         &yaml("", ROUTE).replace("  tokenizer:", "  max_connections: -1\n  tokenizer:"),
     ] {
-        let e = from_yaml(text, "r.yaml")
+        let e = from_yaml(text, "r.yaml", &env)
             .err()
             .unwrap_or_else(|| panic!("{text}"));
         assert!(
@@ -484,7 +491,7 @@ fn config_params_non_ascii() {
         "",
         &format!("{ROUTE}      params: {{fmt: \"Bearer %s \\u00e9\"}}\n"),
     );
-    match from_yaml(&text, "r.yaml") {
+    match from_yaml(&text, "r.yaml", &env) {
         // Either refused at load, naming the route ...
         Err(e) => assert!(e.starts_with("r.yaml: proxypilot.routes[0]"), "{e}"),
         // ... or sent in a form the tokenizer reads (JSON \u escapes).

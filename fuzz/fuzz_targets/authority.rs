@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxypilot::config::parse_tokenizer_url;
+use proxypilot::sidecar::config::parse_tokenizer_url;
 use proxypilot::host::{check_dns_name, Authority};
 use std::net::Ipv6Addr;
 

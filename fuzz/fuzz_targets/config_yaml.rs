@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    match proxypilot::config::from_yaml(text, "fuzz.yaml") {
+    match proxypilot::sidecar::config::from_yaml(text, "fuzz.yaml", &proxypilot::sidecar::config::process_env) {
         Err(e) => {
             assert!(e.starts_with("fuzz.yaml: "), "{e:?}");
             for secret in [SEALED, RAW, AUTH] {

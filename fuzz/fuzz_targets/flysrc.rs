@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxypilot::flysrc::parse;
+use proxypilot::tokenizer::flysrc::parse;
 
 /// Does `value` hold exactly the four keys, each once (whatever their values)?
 fn exactly_four_keys(value: &str) -> bool {

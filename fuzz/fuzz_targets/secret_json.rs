@@ -10,7 +10,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use proxypilot::processor::{plan, Edit, DEFAULT_PLACEHOLDER};
+use proxypilot::tokenizer::processor::{plan, Edit, DEFAULT_PLACEHOLDER};
 use proxypilot::sealing::Params;
 use proxypilot::secret::{Processor, Secret};
 use serde_json::Value;
@@ -92,7 +92,7 @@ fn run(json: &[u8], params: &Params, body: &[u8], chunks: &[u8]) -> Vec<String> 
             );
         }
         Ok(Edit::HmacOfBody { processor, params }) => {
-            if let Err(e) = proxypilot::processor::hmac_header(&processor, &params, body) {
+            if let Err(e) = proxypilot::tokenizer::processor::hmac_header(&processor, &params, body) {
                 seen.push(e.to_string());
             }
         }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::flysrc::FlySrc;
+use super::flysrc::FlySrc;
 use crate::secret::{Auth, SecretError};
 
 /// What a request offers to prove it may use a secret.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::metrics;
+use super::metrics;
 
 /// The limits on client connections, shared by every listener of the sidecar.
 #[derive(Debug)]

@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-use crate::ca::CaFiles;
+use super::ca::CaFiles;
 use crate::host::Authority;
 use crate::sealing::TokenizerHeader;
 
-/// Headers removed from every request by default: the dummy credentials clients send.
-pub const DEFAULT_STRIP: &[&str] = &["Authorization", "X-Api-Key"];
 /// Headers always removed from client requests: only the sidecar may speak to the tokenizer.
 pub const ALWAYS_STRIP: &[&str] = &[
     "Proxy-Tokenizer",
@@ -28,7 +26,40 @@ pub const ALWAYS_STRIP: &[&str] = &[
     "Fly-Src",
     "Fly-Src-Signature",
 ];
-pub const DEFAULT_TOKENIZER: &str = "http://tokenizer.flycast";
+
+/// Where the configuration reads environment variables: the process environment in
+/// production, a map in tests (no test touches the process environment).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as an [`Env`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Every default of the sidecar's configuration, for the file and for tlsproxy's environment.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN_PORT: u16 = 443;
+    pub const CA_CERT: &str = "certs/ca.pem";
+    pub const CA_KEY: &str = "certs/ca-key.pem";
+    /// tlsproxy keeps its CA in the working directory.
+    pub const DROPIN_CA_CERT: &str = "ca.pem";
+    pub const DROPIN_CA_KEY: &str = "ca-key.pem";
+    pub const CA_LIFETIME: Duration = Duration::from_secs(3650 * 86400);
+    pub const CA_LIFETIME_TEXT: &str = "3650d";
+    pub const LEAF_LIFETIME: Duration = Duration::from_secs(3600);
+    /// Longest gap between reads from the tokenizer (server-sent events can be quiet a while).
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const TOKENIZER: &str = "http://tokenizer.flycast";
+    pub const TOKENIZER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
+    pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// Headers removed from every request: the dummy credentials clients send.
+    pub const STRIP: &[&str] = &["Authorization", "X-Api-Key"];
+}
 
 // ---------- file format ----------
 
@@ -154,15 +185,12 @@ pub struct ClientLimits {
 impl Default for ClientLimits {
     fn default() -> Self {
         ClientLimits {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
+            header_timeout: defaults::CLIENT_HEADER_TIMEOUT,
+            idle_timeout: defaults::CLIENT_IDLE_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS,
         }
     }
 }
-
-/// Default wait for a connection to the tokenizer.
-pub const TOKENIZER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The sidecar's validated runtime configuration.
 pub struct Sidecar {
@@ -197,9 +225,11 @@ impl Where<'_> {
     }
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 10m, 1h or 365d ({e})"))
+pub use crate::timeouts::parse_duration;
+
+/// Both loopback addresses at `port`: the shell's hosts file points the API names at both.
+fn loopback_listen(port: u16) -> Vec<String> {
+    vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")]
 }
 
 /// Check that a value looks like a sealed secret, without ever printing it.
@@ -220,13 +250,13 @@ fn check_sealed(value: &str) -> Result<(), String> {
     }
 }
 
-fn read_secret(env: Option<&str>, file: Option<&Path>) -> Result<String, String> {
+fn read_secret(env: Option<&str>, file: Option<&Path>, get: Env) -> Result<String, String> {
     match (env, file) {
-        (Some(name), None) => match std::env::var(name) {
-            Ok(v) => check_sealed(&v)
+        (Some(name), None) => match get(name) {
+            Some(v) => check_sealed(&v)
                 .map(|_| v.trim().to_string())
                 .map_err(|e| format!("environment variable {name} {e}")),
-            Err(_) => Err(format!("environment variable {name} is not set")),
+            None => Err(format!("environment variable {name} is not set")),
         },
         (None, Some(path)) => {
             let v = std::fs::read_to_string(path)
@@ -333,11 +363,15 @@ fn make_route(
     })
 }
 
-fn tokenizer_auth(env: Option<&str>, file: Option<&Path>) -> Result<Option<HeaderValue>, String> {
+fn tokenizer_auth(
+    env: Option<&str>,
+    file: Option<&Path>,
+    get: Env,
+) -> Result<Option<HeaderValue>, String> {
     let secret = match (env, file) {
         (None, None) => return Ok(None),
         (Some(name), None) => {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+            get(name).ok_or_else(|| format!("environment variable {name} is not set"))?
         }
         (None, Some(p)) => {
             std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
@@ -351,15 +385,15 @@ fn tokenizer_auth(env: Option<&str>, file: Option<&Path>) -> Result<Option<Heade
 }
 
 /// Parse and validate the sidecar's section of a YAML config file.
-pub fn from_file(path: &Path) -> Result<Sidecar, String> {
+pub fn from_file(path: &Path, env: Env) -> Result<Sidecar, String> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: cannot read: {e}"))?;
-    from_yaml(&text, &source)
+    from_yaml(&text, &source, env)
 }
 
 /// Parse YAML text; `source` names it in errors. Relative CA paths stay relative to the
 /// working directory (like pingora's own paths).
-pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
+pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> {
     let w = Where { source };
     let file: File = serde_yaml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
     let s = file
@@ -368,7 +402,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
 
     let listen = s
         .listen
-        .unwrap_or_else(|| vec!["127.0.0.1:443".into(), "[::1]:443".into()]);
+        .unwrap_or_else(|| loopback_listen(defaults::LISTEN_PORT));
     if listen.is_empty() {
         return Err(w.err("proxypilot.listen", "needs at least one address"));
     }
@@ -395,12 +429,12 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     let leaf_lifetime = dur(
         "proxypilot.leaf_lifetime",
         s.leaf_lifetime,
-        Duration::from_secs(3600),
+        defaults::LEAF_LIFETIME,
     )?;
     let read_timeout = dur(
         "proxypilot.read_timeout",
         s.read_timeout,
-        Duration::from_secs(600),
+        defaults::READ_TIMEOUT,
     )?;
     let defaults = ClientLimits::default();
     let client = ClientLimits {
@@ -423,14 +457,14 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     let ca_lifetime = dur(
         "proxypilot.ca.lifetime",
         s.ca.lifetime,
-        Duration::from_secs(3650 * 86400),
+        defaults::CA_LIFETIME,
     )?;
     let ca = CaFiles {
-        cert: s.ca.cert.unwrap_or_else(|| PathBuf::from("certs/ca.pem")),
-        key: s
+        cert: s
             .ca
-            .key
-            .unwrap_or_else(|| PathBuf::from("certs/ca-key.pem")),
+            .cert
+            .unwrap_or_else(|| PathBuf::from(defaults::CA_CERT)),
+        key: s.ca.key.unwrap_or_else(|| PathBuf::from(defaults::CA_KEY)),
         lifetime: ca_lifetime,
     };
 
@@ -447,6 +481,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
     let proxy_authorization = tokenizer_auth(
         s.tokenizer.auth_env.as_deref(),
         s.tokenizer.auth_file.as_deref(),
+        env,
     )
     .map_err(|e| w.err("proxypilot.tokenizer", e))?;
     if s.tokenizer.spares > 64 {
@@ -460,7 +495,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
             ))
         }
         Some(path) => {
-            crate::tokenizer::ca_file(path).map_err(|e| w.err("proxypilot.tokenizer.ca", e))?
+            crate::trust::ca_file(path).map_err(|e| w.err("proxypilot.tokenizer.ca", e))?
         }
         None => Vec::new(),
     };
@@ -475,19 +510,19 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
         spare_max_age: dur(
             "proxypilot.tokenizer.spare_max_age",
             s.tokenizer.spare_max_age,
-            Duration::from_secs(30),
+            defaults::SPARE_MAX_AGE,
         )?,
         connect_timeout: dur(
             "proxypilot.tokenizer.connect_timeout",
             s.tokenizer.connect_timeout,
-            TOKENIZER_CONNECT_TIMEOUT,
+            defaults::TOKENIZER_CONNECT_TIMEOUT,
         )?,
         ca: tokenizer_ca,
     };
 
     let global_strip = header_names(
         &s.strip_headers
-            .unwrap_or_else(|| DEFAULT_STRIP.iter().map(|h| h.to_string()).collect()),
+            .unwrap_or_else(|| defaults::STRIP.iter().map(|h| h.to_string()).collect()),
     )
     .map_err(|e| w.err("proxypilot.strip_headers", e))?;
     if s.routes.is_empty() {
@@ -506,7 +541,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
                 ));
             }
         }
-        let sealed = read_secret(r.secret_env.as_deref(), r.secret_file.as_deref())
+        let sealed = read_secret(r.secret_env.as_deref(), r.secret_file.as_deref(), env)
             .map_err(|e| w.err(&key, e))?;
         let mut strip = global_strip.clone();
         strip.extend(
@@ -532,7 +567,7 @@ pub fn from_yaml(text: &str, source: &str) -> Result<Sidecar, String> {
 
 /// tlsproxy's drop-in environment: `TARGETS=host=ENV,...`, `PROXY`, `PORT`; CA in the working
 /// directory as `ca.pem`/`ca-key.pem`.
-pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String> {
+pub fn from_env(get: Env) -> Result<Sidecar, String> {
     let targets = get("TARGETS")
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| {
@@ -541,13 +576,13 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
                 .to_string()
         })?;
     let port: u16 = match get("PORT") {
-        None => 443,
+        None => defaults::LISTEN_PORT,
         Some(p) => p
             .trim()
             .parse()
             .map_err(|_| format!("PORT: {p:?} is not a port number"))?,
     };
-    let url = get("PROXY").unwrap_or_else(|| DEFAULT_TOKENIZER.to_string());
+    let url = get("PROXY").unwrap_or_else(|| defaults::TOKENIZER.to_string());
     let url = parse_tokenizer_url(&url).map_err(|e| format!("PROXY: {e}"))?;
     // As tlsproxy: a user:password in PROXY becomes Basic auth to the tokenizer.
     let proxy_authorization = match &url.userinfo {
@@ -564,7 +599,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
         }
     };
     let strip = header_names(
-        &DEFAULT_STRIP
+        &defaults::STRIP
             .iter()
             .map(|h| h.to_string())
             .collect::<Vec<_>>(),
@@ -597,14 +632,14 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
         return Err("TARGETS: no targets".into());
     }
     Ok(Sidecar {
-        listen: vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
+        listen: loopback_listen(port),
         ca: CaFiles {
-            cert: PathBuf::from("ca.pem"),
-            key: PathBuf::from("ca-key.pem"),
-            lifetime: Duration::from_secs(3650 * 86400),
+            cert: PathBuf::from(defaults::DROPIN_CA_CERT),
+            key: PathBuf::from(defaults::DROPIN_CA_KEY),
+            lifetime: defaults::CA_LIFETIME,
         },
-        leaf_lifetime: Duration::from_secs(3600),
-        read_timeout: Duration::from_secs(600),
+        leaf_lifetime: defaults::LEAF_LIFETIME,
+        read_timeout: defaults::READ_TIMEOUT,
         client: ClientLimits::default(),
         tokenizer: Tokenizer {
             url: url.display(),
@@ -616,8 +651,8 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Sidecar, String>
             // tokenizer.fly.io can check fly_src_auth.
             fly_src_optin: true,
             spares: 0,
-            spare_max_age: Duration::from_secs(30),
-            connect_timeout: TOKENIZER_CONNECT_TIMEOUT,
+            spare_max_age: defaults::SPARE_MAX_AGE,
+            connect_timeout: defaults::TOKENIZER_CONNECT_TIMEOUT,
             ca: Vec::new(),
         },
         routes,
@@ -631,6 +666,17 @@ mod tests {
 
     const SEALED: &str = "IQ4cJ7Xk3f2SlhOEoYxZBsR1ZlSMkgZ4Cy2RJRHJ/VTjHjChQIIo+Nh71acWsORQuUZANtpZXIWZ/0Ork9k4jQoSNoRWyUk6tSB0ACvxYlWQ5LvFPDJTkBNrzqcG++XWiIE5iY9AEjKPDvs=";
 
+    /// The test environment: sealed-looking values for PP_TEST_SEALED_*, a raw token.
+    fn env(name: &str) -> Option<String> {
+        if name.starts_with("PP_TEST_SEALED") {
+            Some(SEALED.to_string())
+        } else if name == "PP_TEST_RAW_TOKEN" {
+            Some("ghp_realtoken_not_sealed".to_string())
+        } else {
+            None
+        }
+    }
+
     fn yaml(routes: &str) -> String {
         format!(
             "version: 1\nthreads: 2\nproxypilot:\n  listen: [\"127.0.0.1:8443\"]\n  tokenizer:\n    url: http://127.0.0.1:8080\n  routes:\n{routes}"
@@ -639,9 +685,8 @@ mod tests {
 
     #[test]
     fn parses_a_route_from_env() {
-        std::env::set_var("PP_TEST_SEALED_A", SEALED);
         let c = from_yaml(
-            &yaml("    - host: API.GitHub.com\n      secret_env: PP_TEST_SEALED_A\n      params: {dst: X-Api-Key}\n"), "t.yaml")
+            &yaml("    - host: API.GitHub.com\n      secret_env: PP_TEST_SEALED_A\n      params: {dst: X-Api-Key}\n"), "t.yaml", &env)
         .unwrap();
         let r = &c.routes["api.github.com"];
         assert!(r.strip.contains(&"authorization".to_string()));
@@ -661,6 +706,7 @@ mod tests {
         let e = from_yaml(
             &yaml("    - host: api.github.com\n      secret_env: PP_TEST_DEFINITELY_UNSET\n"),
             "conf/x.yaml",
+            &env,
         )
         .err()
         .unwrap();
@@ -671,6 +717,7 @@ mod tests {
         let e = from_yaml(
             &yaml("    - host: api.github.com\n      secret_evn: X\n"),
             "conf/x.yaml",
+            &env,
         )
         .err()
         .unwrap();
@@ -678,10 +725,10 @@ mod tests {
             e.starts_with("conf/x.yaml: ") && e.contains("secret_evn") && e.contains("line"),
             "{e}"
         );
-        std::env::set_var("PP_TEST_RAW_TOKEN", "ghp_realtoken_not_sealed");
         let e = from_yaml(
             &yaml("    - host: api.github.com\n      secret_env: PP_TEST_RAW_TOKEN\n"),
             "c.yaml",
+            &env,
         )
         .err()
         .unwrap();
@@ -692,6 +739,7 @@ mod tests {
         let e = from_yaml(
             &yaml("    - host: https://api.github.com\n      secret_env: X\n"),
             "c.yaml",
+            &env,
         )
         .err()
         .unwrap();
@@ -700,7 +748,6 @@ mod tests {
 
     #[test]
     fn tokenizer_ca_only_for_https_and_must_hold_a_certificate() {
-        std::env::set_var("PP_TEST_SEALED_CA", SEALED);
         let route = "    - host: api.github.com\n      secret_env: PP_TEST_SEALED_CA\n";
         let with = |url: &str, ca: &str| {
             yaml(route).replace(
@@ -708,16 +755,24 @@ mod tests {
                 &format!("    url: {url}\n    ca: {ca}\n"),
             )
         };
-        let e = from_yaml(&with("http://127.0.0.1:8080", "/etc/hostname"), "c.yaml")
-            .err()
-            .unwrap();
+        let e = from_yaml(
+            &with("http://127.0.0.1:8080", "/etc/hostname"),
+            "c.yaml",
+            &env,
+        )
+        .err()
+        .unwrap();
         assert_eq!(
             e,
             "c.yaml: proxypilot.tokenizer.ca: only for an https:// tokenizer url"
         );
-        let e = from_yaml(&with("https://tok.example", "/etc/hostname"), "c.yaml")
-            .err()
-            .unwrap();
+        let e = from_yaml(
+            &with("https://tok.example", "/etc/hostname"),
+            "c.yaml",
+            &env,
+        )
+        .err()
+        .unwrap();
         assert!(
             e.contains("proxypilot.tokenizer.ca") && e.contains("no PEM certificate"),
             "{e}"
@@ -725,6 +780,7 @@ mod tests {
         let e = from_yaml(
             &with("https://tok.example", "/nonexistent/ca.pem"),
             "c.yaml",
+            &env,
         )
         .err()
         .unwrap();
@@ -736,6 +792,7 @@ mod tests {
         let c = from_yaml(
             &with("https://tok.example", path.to_str().unwrap()),
             "c.yaml",
+            &env,
         );
         std::fs::remove_file(&path).unwrap();
         assert_eq!(c.unwrap().tokenizer.ca.len(), 1);
@@ -754,12 +811,12 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        let c = from_env(&|k| env.get(k).map(|v| v.to_string())).unwrap();
         assert_eq!(c.hosts(), vec!["api.anthropic.com", "api.github.com"]);
         assert_eq!(c.listen, vec!["127.0.0.1:8443", "[::1]:8443"]);
         assert_eq!(c.tokenizer.url, "http://tokenizer.flycast:80");
         assert_eq!(c.ca.cert, PathBuf::from("ca.pem"));
-        let e = from_env(|k| (k == "TARGETS").then(|| "api.github.com=NOPE".to_string()))
+        let e = from_env(&|k| (k == "TARGETS").then(|| "api.github.com=NOPE".to_string()))
             .err()
             .unwrap();
         assert!(e.contains("NOPE") && e.contains("not set"), "{e}");
@@ -803,7 +860,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        let c = from_env(&|k| env.get(k).map(|v| v.to_string())).unwrap();
         assert!(c.tokenizer.fly_src_optin);
         let auth = c.tokenizer.proxy_authorization.as_ref().unwrap();
         assert!(auth.is_sensitive());
@@ -814,16 +871,15 @@ mod tests {
             [("TARGETS", "api.github.com=GH_TOKEN"), ("GH_TOKEN", SEALED)]
                 .into_iter()
                 .collect();
-        let c = from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        let c = from_env(&|k| env.get(k).map(|v| v.to_string())).unwrap();
         assert!(c.tokenizer.fly_src_optin && c.tokenizer.proxy_authorization.is_none());
     }
 
     #[test]
     fn yaml_url_with_a_password_is_refused_without_echoing_it() {
-        std::env::set_var("PP_TEST_SEALED_UI", SEALED);
         let y = yaml("    - host: api.github.com\n      secret_env: PP_TEST_SEALED_UI\n")
             .replace("http://127.0.0.1:8080", "http://me:hunter2@127.0.0.1:8080");
-        let e = from_yaml(&y, "c.yaml").err().unwrap();
+        let e = from_yaml(&y, "c.yaml", &env).err().unwrap();
         assert!(
             e.contains("proxypilot.tokenizer.url") && !e.contains("hunter2"),
             "{e}"

@@ -20,12 +20,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ipnet::IpNet;
-use openssl::x509::X509;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::ALPN;
-use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
@@ -36,44 +31,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use zeroize::Zeroizing;
 
-use crate::authorize::{authorize, Credentials};
-use crate::flysrc::{FlySrc, Verifier25519};
+use super::authorize::{authorize, Credentials};
+use super::config::Settings;
+use super::flysrc::FlySrc;
+use super::processor::{hmac_header, plan, Edit, StreamReplace};
 use crate::host::{self, Authority};
-use crate::processor::{hmac_header, plan, Edit, StreamReplace};
 use crate::reply::{self, refuse};
-use crate::resolve::{forbidden, lookup, ConnectTo, NameCache};
+use crate::resolve::{forbidden, lookup, NameCache};
 use crate::sealing::{OpenKey, TokenizerHeader};
 use crate::secret::{Checked, Secret, SecretError};
+use crate::timeouts;
 
 pub const HEADER: &str = "Proxy-Tokenizer";
 /// Largest body the tokenizer reads whole to compute an HMAC over it.
 pub const HMAC_BODY_LIMIT: usize = 64 * 1024;
-
-/// Runtime settings, validated once at start.
-pub struct Settings {
-    pub open_key: OpenKey,
-    pub listen: Vec<String>,
-    /// Extra headers removed from every request (lower case), beyond Proxy-Tokenizer and
-    /// Proxy-Authorization.
-    pub filtered_headers: Vec<String>,
-    pub open_proxy: bool,
-    pub require_fly_src: bool,
-    pub fly_src: Option<Verifier25519>,
-    /// Names and addresses of this tokenizer; origin-form requests for them are circular.
-    pub hostnames: Vec<String>,
-    pub connect_to: Vec<ConnectTo>,
-    /// Roots trusted for upstream TLS: the system store plus any `--upstream-ca`.
-    pub upstream_roots: Arc<Box<[X509]>>,
-    pub read_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// Close the client connection after every response, like the reference tokenizer.
-    pub close_connections: bool,
-    pub threads: usize,
-}
-
-/// How long a client connection may sit idle between requests. Above the sidecar's pool idle
-/// timeout (50 s), so the sidecar always closes first and never reuses a closing connection.
-pub const CLIENT_IDLE: u64 = 75;
 
 pub struct Tokenizer {
     settings: Arc<Settings>,
@@ -302,7 +273,7 @@ impl ProxyHttp for Tokenizer {
         if self.settings.close_connections {
             session.set_keepalive(None);
         } else if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(CLIENT_IDLE));
+            session.set_keepalive(Some(timeouts::TOKENIZER_CLIENT_IDLE.as_secs()));
         }
         let target = self.target(session.req_header())?;
         ctx.target = Some(target.clone());
@@ -389,7 +360,7 @@ impl ProxyHttp for Tokenizer {
         o.total_connection_timeout = Some(Duration::from_secs(15));
         o.read_timeout = Some(self.settings.read_timeout);
         o.write_timeout = Some(self.settings.read_timeout);
-        o.idle_timeout = Some(self.settings.idle_timeout);
+        o.idle_timeout = Some(timeouts::TOKENIZER_UPSTREAM_IDLE);
         Ok(Box::new(peer))
     }
 
@@ -546,78 +517,4 @@ impl ProxyHttp for Tokenizer {
             reason
         );
     }
-}
-
-/// The roots for upstream TLS: the system bundle (wherever this OS keeps it; the vendored
-/// OpenSSL does not look there by itself) plus `extra`, already parsed CA certificates.
-pub fn upstream_roots(extra: &[X509]) -> Vec<X509> {
-    let mut roots = Vec::new();
-    let probe = openssl_probe::probe();
-    let system = std::env::var_os("SSL_CERT_FILE")
-        .map(std::path::PathBuf::from)
-        .or(probe.cert_file);
-    if let Some(path) = system {
-        if let Ok(pem) = std::fs::read(&path) {
-            roots.extend(X509::stack_from_pem(&pem).unwrap_or_default());
-        }
-    }
-    roots.extend(extra.iter().cloned());
-    roots
-}
-
-/// The certificates in a PEM CA file; the error names the file.
-pub fn ca_file(path: &std::path::Path) -> std::result::Result<Vec<X509>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    match X509::stack_from_pem(&pem) {
-        Ok(certs) if !certs.is_empty() => Ok(certs),
-        _ => Err(format!("{}: no PEM certificate in it", path.display())),
-    }
-}
-
-/// Parse `--fly-src-trusted-net` values.
-pub fn parse_nets(values: &[String]) -> std::result::Result<Vec<IpNet>, String> {
-    values
-        .iter()
-        .map(|v| {
-            v.parse::<IpNet>()
-                .map_err(|_| format!("{v:?} is not a CIDR network (like 172.16.0.0/16)"))
-        })
-        .collect()
-}
-
-/// Timeouts longer than this use tokio's timers, which are removed when cancelled; pingora's
-/// faster timer wheel keeps every timeout it armed until its deadline, so with a 10-minute read
-/// timeout memory grew with traffic for 10 minutes (the soak test saw +27 MiB at 770 req/s).
-pub const FAST_TIMER_MAX_SECS: u64 = 30;
-
-/// Start the tokenizer and serve until a signal stops it.
-pub fn run(settings: Settings, opt: Opt) -> ! {
-    let mut conf = ServerConf {
-        threads: settings.threads.max(1),
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..Default::default()
-    };
-    conf.upstream_keepalive_pool_size = 256;
-    conf.fast_timeout_to_tokio_threshold_seconds = Some(FAST_TIMER_MAX_SECS);
-    let listen = settings.listen.clone();
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    server.bootstrap();
-    let mut svc = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Tokenizer::new(settings),
-        "proxypilot tokenizer",
-    );
-    // No read buffer under pingora's own: it reads headers into its header buffer and bodies
-    // into its body buffer directly, and an idle keep-alive connection then holds neither.
-    // Pingora's default (64 KiB) would cost 64 MiB for 1000 idle connections.
-    for addr in &listen {
-        svc.add_listener(
-            ListenerConfig::tcp(addr.as_str())
-                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
-        );
-    }
-    server.add_service(svc);
-    server.add_service(crate::memory::service());
-    server.run_forever()
 }

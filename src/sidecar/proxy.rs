@@ -22,13 +22,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use openssl::x509::X509;
-use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::protocols::ALPN;
-use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
-use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
@@ -37,14 +31,15 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::certstore::{CertStore, TlsCallbacks};
-use crate::config::{Route, Sidecar};
-use crate::conn::{self, GuardedApp, Limits};
+use super::certstore::CertStore;
+use super::config::{Route, Sidecar};
+use super::conn::{self, Limits};
+use super::metrics;
+use super::spares::{Spares, TlsTo};
 use crate::host::Authority;
-use crate::metrics;
 use crate::reply::{self, refuse};
 use crate::resolve::CachedName;
-use crate::spares::{Spares, TlsTo};
+use crate::timeouts;
 
 pub struct SidecarProxy {
     cfg: Arc<Sidecar>,
@@ -289,7 +284,7 @@ impl ProxyHttp for SidecarProxy {
         o.read_timeout = Some(self.cfg.read_timeout);
         o.write_timeout = Some(self.cfg.read_timeout);
         // Below the tokenizer's keep-alive so a pooled connection is not closed under a request.
-        o.idle_timeout = Some(Duration::from_secs(50));
+        o.idle_timeout = Some(timeouts::SIDECAR_POOL_IDLE);
         if pingora_tls {
             o.ca = self.roots.clone();
         }
@@ -424,112 +419,6 @@ impl ProxyHttp for SidecarProxy {
         );
     }
 }
-
-/// Load (or create) the CA, then listen and serve until a signal stops the process.
-pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Result<(), String> {
-    let hosts = cfg.hosts();
-    if opt.test {
-        // Check only: never create or replace files.
-        if cfg.ca.cert.exists() || cfg.ca.key.exists() {
-            let ca = crate::ca::Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
-            if let Some(bad) = hosts.iter().find(|h| !ca.permits(h)) {
-                return Err(format!(
-                    "CA {} does not permit {bad} (run `proxypilot ca init --force`)",
-                    cfg.ca.cert.display()
-                ));
-            }
-        }
-        println!("{}: configuration OK ({} routes)", cfg.source, hosts.len());
-        return Ok(());
-    }
-    let (ca, _created) = cfg.ca.load_or_create(&hosts, recreate_ca)?;
-    let store = Arc::new(CertStore::new(
-        Arc::new(ca),
-        &hosts,
-        cfg.leaf_lifetime,
-        1024,
-    ));
-    let roots = if cfg.tokenizer.tls {
-        Some(Arc::new(
-            crate::tokenizer::upstream_roots(&cfg.tokenizer.ca).into_boxed_slice(),
-        ))
-    } else {
-        None
-    };
-    let listen = cfg.listen.clone();
-    let limits = Arc::new(Limits::new(
-        cfg.client.max_connections,
-        cfg.client.header_timeout,
-        cfg.client.idle_timeout,
-    ));
-    let mut tls_per_addr = Vec::new();
-    for addr in &listen {
-        let mut tls = TlsSettings::with_callbacks(Box::new(TlsCallbacks {
-            store: store.clone(),
-            limits: limits.clone(),
-        }))
-        .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-        tls.enable_h2();
-        // TLS 1.2 and 1.3 only (pingora's default too; stated here so it cannot drift).
-        tls.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
-            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-        // Idle keep-alive connections give their TLS read/write buffers back (~34 KiB each).
-        tls.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
-        // OpenSSL buffers the socket itself (one read fetches whatever has arrived, up to a
-        // record), so the TCP layer below it needs no read buffer of its own: that buffer would
-        // stay allocated on every idle connection, where OpenSSL's is released when drained.
-        tls.set_read_ahead(true);
-        tls.set_num_tickets(NUM_TICKETS)
-            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-        tls_per_addr.push((addr.clone(), tls));
-    }
-    let cfg = Arc::new(cfg);
-    println!(
-        "proxypilot sidecar: listening on {} for {} -> tokenizer {}; CA {} (also at https://localhost:{}/ca-cert.pem)",
-        listen.join(", "),
-        hosts.join(", "),
-        cfg.tokenizer.url,
-        cfg.ca.cert.display(),
-        listen[0].rsplit(':').next().unwrap_or("443"),
-    );
-
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    server.bootstrap();
-    let idle = cfg.client.idle_timeout;
-    let header_timeout = cfg.client.header_timeout;
-    let mut proxy = pingora_proxy::http_proxy(
-        &server.configuration,
-        SidecarProxy::new(cfg, limits.clone(), store, roots),
-    );
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(idle);
-    proxy.server_options = Some(options);
-    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
-    h2.max_header_list_size(conn::MAX_HEADER_BYTES as u32);
-    proxy.h2_options = Some(h2);
-    // Every client stream goes through the connection guard (header and idle deadlines).
-    let app = GuardedApp {
-        app: Arc::new(proxy),
-        limits,
-    };
-    let mut svc = Service::new("proxypilot sidecar".to_string(), app);
-    svc.endpoints()
-        .set_pre_tls_callback(Arc::new(conn::HelloDeadline(header_timeout)));
-    for (addr, tls) in tls_per_addr {
-        svc.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(tls)
-                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
-        );
-    }
-    server.add_service(svc);
-    server.add_service(crate::memory::service());
-    server.run_forever()
-}
-
-/// TLS 1.3 session tickets sent after each full handshake: one lets a client resume. OpenSSL
-/// sends two by default, each one more ticket to encrypt and write per handshake.
-const NUM_TICKETS: usize = 1;
 
 #[cfg(test)]
 mod tests {

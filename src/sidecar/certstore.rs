@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
-use crate::ca::{Ca, Leaf};
-use crate::conn::{ConnState, Limits};
+use super::ca::{Ca, Leaf};
+use super::conn::{ConnState, Limits};
+use super::metrics;
 use crate::host::normalize;
 use crate::logging::Throttle;
-use crate::metrics;
 
 type Slot = Arc<OnceCell<Arc<Leaf>>>;
 
