@@ -47,7 +47,7 @@ fuzz: setup
 
 lint: setup
 	cargo fmt --check
-	cargo clippy --release --locked -- -D warnings
+	cargo clippy --release --locked --all-targets -- -D warnings
 
 fmt:
 	cargo fmt

@@ -53,7 +53,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -65,6 +64,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import harness  # noqa: E402  (tests/harness.py, shared with the e2e tests and bench.py)
+
 UPSTREAM = ROOT / "tests" / "e2e" / "upstream.py"
 # upstream.py as is, with a listen backlog of 1024 instead of socketserver's 5: the tokenizer
 # opens upstream connections in bursts when requests pile up, and its TLS handshakes happen in
@@ -106,91 +108,21 @@ AFTER_TRIM_S = 12.0  # the sidecar trims its heap every 10 s: RSS "after" is rea
 
 
 # --------------------------------------------------------------------------------------------
-# Processes (as tests/e2e/conftest.py starts them)
+# Processes (as tests/e2e/conftest.py starts them, with the same helpers: tests/harness.py)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A child process in its own session, output to a log file."""
-
-    def __init__(self, name, args, logdir, env=None):
-        self.name = name
-        self.log_path = Path(logdir) / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.p = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-        self.pid = self.p.pid
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def output(self, tail=3000):
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-tail:]
-
-    def stop(self, timeout=10):
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGINT)
-                self.p.wait(timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait()
-        self._log.close()
+free_port = harness.free_port
+Proc = harness.Proc
+wait_port = harness.wait_port
 
 
 def sh(args, input=None, env=None, cwd=None):
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    r = subprocess.run(args, input=input, capture_output=True, text=True, env=full_env, cwd=cwd,
-                       timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"{args[:2]} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
-
-
-def wait_port(port, proc, timeout=30.0, tls=False):
-    """Until the port accepts connections; with tls, a finished handshake (so that the sidecar
-    does not log a failed one)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.p.returncode}):\n{proc.output()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                if tls:
-                    ctx.wrap_socket(s, server_hostname="localhost").close()
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{proc.name} did not listen on 127.0.0.1:{port}:\n{proc.output()}")
+    """A command's stdout; raises when it fails."""
+    return harness.run(args, input=input, env=env, cwd=cwd).stdout
 
 
 def make_pki(d):
     """A throwaway CA and a certificate for the API hosts, for the upstream (openssl CLI)."""
-    d.mkdir()
-    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-nodes", "-keyout", "upca.key", "-out", "upca.pem", "-days", "2",
-        "-subj", "/CN=proxypilot soak upstream CA", "-addext", "basicConstraints=critical,CA:TRUE")
-    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "up.key", "-out", "up.csr", "-subj", "/CN=api.github.com")
-    (d / "ext.cnf").write_text("subjectAltName=" + ",".join(f"DNS:{h}" for h in HOSTS)
-                               + "\nextendedKeyUsage=serverAuth\n")
-    run("openssl", "x509", "-req", "-in", "up.csr", "-CA", "upca.pem", "-CAkey", "upca.key",
-        "-CAcreateserial", "-out", "up.pem", "-days", "2", "-extfile", "ext.cnf")
-    return d
+    return harness.make_pki(d, HOSTS, label="proxypilot soak")
 
 
 SIDECAR_YAML = """\
@@ -287,19 +219,14 @@ class Stack:
 
 
 def rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return harness.rss_kib(pid) / 1024
 
 
-def fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+fds = harness.fd_count
 
 
 def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return harness.cpu_seconds([pid])
 
 
 def sample(stack):

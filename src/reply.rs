@@ -127,3 +127,63 @@ pub async fn send_error(session: &mut Session, status: u16, reason: &str) {
         log::debug!("could not send the {status} answer: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(etype: ErrorType) -> Box<Error> {
+        Error::new_up(etype)
+    }
+
+    #[test]
+    #[rustfmt::skip] // a table reads best as one row a line
+    fn every_error_maps_to_one_status_and_a_short_reason() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Connection reset by peer");
+        let cases: Vec<(Box<Error>, u16, &str)> = vec![
+            (Error::explain(ErrorType::HTTPStatus(421), "Misdirected Request: x"), 421, "Misdirected Request: x"),
+            (Error::explain(ErrorType::HTTPStatus(400), "bad host"), 400, "bad host"),
+            (up(ErrorType::ConnectRefused), 502, "T: connection refused"),
+            (up(ErrorType::ConnectNoRoute), 502, "T: no route"),
+            (up(ErrorType::TLSHandshakeFailure), 502, "T: TLS handshake failed"),
+            (up(ErrorType::InvalidCert), 502, "T: invalid certificate"),
+            (up(ErrorType::ConnectionClosed), 502, "T: connection closed"),
+            (up(ErrorType::InvalidHTTPHeader), 502, "T: invalid HTTP response"),
+            (up(ErrorType::ConnectTimedout), 504, "T: connect timed out"),
+            (up(ErrorType::TLSHandshakeTimedout), 504, "T: TLS handshake timed out"),
+            (up(ErrorType::ReadTimedout), 504, "T: read timed out"),
+            (up(ErrorType::WriteTimedout), 504, "T: write timed out"),
+            (Error::because(ErrorType::ReadError, "reading", reset).into_up(), 502, "T: read failed (Connection reset by peer)"),
+            (Error::new_down(ErrorType::H2Error), 0, "client reset the stream"),
+            (Error::new_down(ErrorType::ReadError), 0, "client went away"),
+            (Error::new_down(ErrorType::ConnectionClosed), 0, "client went away"),
+            (Error::new_down(ErrorType::InvalidHTTPHeader), 400, "bad request: InvalidHTTPHeader"),
+            (Error::new(ErrorType::InternalError), 500, "internal error: InternalError"),
+        ];
+        for (e, code, reason) in cases {
+            assert_eq!(status_and_reason(&e, "T"), (code, reason.to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_an_empty_final_chunk_is_dropped() {
+        let mut b = Some(Bytes::new());
+        no_empty_last_chunk(&mut b, false);
+        assert_eq!(b, Some(Bytes::new()), "mid-body: None would end the body");
+        no_empty_last_chunk(&mut b, true);
+        assert_eq!(b, None);
+        let mut b = Some(Bytes::from_static(b"x"));
+        no_empty_last_chunk(&mut b, true);
+        assert_eq!(b.as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn no_length_on_204_and_1xx() {
+        for (status, kept) in [(204, false), (100, false), (200, true), (304, true)] {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            r.insert_header("Content-Length", "5").unwrap();
+            drop_length_where_forbidden(&mut r);
+            assert_eq!(r.headers.contains_key("content-length"), kept, "{status}");
+        }
+    }
+}

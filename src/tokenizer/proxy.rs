@@ -518,3 +518,111 @@ impl ProxyHttp for Tokenizer {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::config::Settings;
+
+    fn tokenizer(hostnames: &[&str]) -> (Tokenizer, crate::sealing::SealKey) {
+        let open_key = OpenKey::generate();
+        let seal = open_key.seal_key();
+        let settings = Settings {
+            open_key,
+            listen: vec![],
+            filtered_headers: vec![],
+            open_proxy: false,
+            require_fly_src: false,
+            fly_src: None,
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+            connect_to: vec![],
+            upstream_roots: Arc::new(Box::new([])),
+            read_timeout: Duration::from_secs(1),
+            close_connections: false,
+            threads: 1,
+        };
+        (Tokenizer::new(settings), seal)
+    }
+
+    fn req(target: &str, host: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        if let Some(h) = host {
+            r.insert_header("Host", h).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    #[rustfmt::skip] // a table reads best as one row a line
+    fn the_target_is_what_is_dialled() {
+        let (t, _) = tokenizer(&["tokenizer.internal"]);
+        for (target, host, dial, authority) in [
+            ("http://api.github.com/x", None, ("api.github.com", 443), "api.github.com"),
+            ("http://API.GitHub.com.:80/x", None, ("api.github.com", 443), "api.github.com"),
+            ("http://api.github.com:8443/x", None, ("api.github.com", 8443), "api.github.com:8443"),
+            ("http://[2001:db8::1]:8443/", None, ("2001:db8::1", 8443), "[2001:db8::1]:8443"),
+            ("/x", Some("api.github.com"), ("api.github.com", 443), "api.github.com"),
+            // absolute-form wins over Host (RFC 9112 §3.2.2)
+            ("http://api.github.com/x", Some("evil.example"), ("api.github.com", 443), "api.github.com"),
+        ] {
+            let got = t.target(&req(target, host)).unwrap_or_else(|e| panic!("{target}: {e}"));
+            assert_eq!((got.host.as_str(), got.port), dial, "{target}");
+            assert_eq!(got.authority, authority, "{target}");
+        }
+        for (target, host, why) in [
+            ("http://attacker.example:1.stripe.com/", None, "bad port"),
+            ("/", Some("attacker.example:1.stripe.com"), "bad port"),
+            ("http://api.github.com:443/", None, "port 443 refused"),
+            ("https://api.github.com/", None, "must be HTTP"),
+            ("/", None, "exactly one host"),
+            ("/", Some("Tokenizer.Internal"), "circular"),
+            ("*", Some("api.github.com"), "absolute-form or start with /"),
+            ("http://u@api.github.com/", None, "userinfo"),
+        ] {
+            let e = t.target(&req(target, host)).err().unwrap_or_else(|| panic!("{target}"));
+            assert!(e.to_string().contains(why), "{target} {host:?}: {e}");
+        }
+    }
+
+    /// A session for `raw` request bytes, its header already read, as pingora hands it over.
+    async fn session(raw: &[u8]) -> Session {
+        let mock = tokio_test::io::Builder::new().read(raw).build();
+        let mut s = Session::new_h1(Box::new(mock));
+        assert!(s.read_request().await.unwrap());
+        s
+    }
+
+    #[tokio::test]
+    async fn request_filter_opens_authorizes_and_plans_in_process() {
+        let (t, seal) = tokenizer(&[]);
+        let secret = r#"{"inject_processor":{"token":"tok","dst":"X-Key","fmt":"%s"},"no_auth":{},"allowed_hosts":["api.github.com"]}"#;
+        let sealed = seal.seal(secret.as_bytes());
+        let raw = format!(
+            "GET http://api.github.com/x HTTP/1.1\r\nHost: api.github.com\r\nProxy-Tokenizer: {sealed}\r\n\r\n"
+        );
+        let mut s = session(raw.as_bytes()).await;
+        let mut ctx = t.new_ctx();
+        assert!(!t.request_filter(&mut s, &mut ctx).await.unwrap());
+        assert_eq!(ctx.target.as_ref().unwrap().authority, "api.github.com");
+        assert_eq!(ctx.headers.len(), 1);
+        assert_eq!(ctx.headers[0].0, "X-Key");
+        assert_eq!(ctx.headers[0].1.as_str(), "tok");
+        // The same secret for another host: refused before anything is planned.
+        let raw = format!(
+            "GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nProxy-Tokenizer: {sealed}\r\n\r\n"
+        );
+        let mut s = session(raw.as_bytes()).await;
+        let mut ctx = t.new_ctx();
+        let e = t.request_filter(&mut s, &mut ctx).await.unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(400));
+        assert!(ctx.headers.is_empty());
+        // No secret at all: not an open proxy.
+        let mut s =
+            session(b"GET http://api.github.com/ HTTP/1.1\r\nHost: api.github.com\r\n\r\n").await;
+        let e = t
+            .request_filter(&mut s, &mut t.new_ctx())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not an open proxy"), "{e}");
+    }
+}

@@ -7,6 +7,10 @@ output: a recording TLS stand-in sits where the upstream API would be. Each test
 the code before the hardening issue's fixes.
 """
 
+# How long to let bytes that should not exist (a stray terminator, a refused dial) show up
+# before asserting their absence: absence cannot be polled for.
+SETTLE = 0.3
+
 import base64
 import http.client
 import json
@@ -194,12 +198,12 @@ def test_streamed_body_has_exactly_one_terminator(rec_sidecar, recorder, proto, 
     recorder.clear()
     out = _upload(rec_sidecar, proto, data)
     assert out.endswith("\n200"), out
-    time.sleep(0.3)
+    time.sleep(SETTLE)
     # A second request on the (pooled) connection shows whether stray bytes were left on it.
     code, _, body, _ = rec_sidecar.curl("/after", extra=["--http1.1"])
     assert code == 200, body
     reqs = recorder.wait_requests(2)
-    time.sleep(0.2)
+    time.sleep(SETTLE)
     assert [r.target.rsplit("/", 1)[1] for r in reqs] == ["upload", "after"], reqs
     assert reqs[0].body == data and reqs[0].chunked
     for c in recorder.conns:
@@ -211,7 +215,7 @@ def test_empty_content_length_post_is_clean(rec_sidecar, recorder):
     for proto in ["--http2", "--http1.1"]:
         code, _, body, _ = rec_sidecar.curl("/empty", extra=[proto, "-X", "POST", "-d", ""])
         assert code == 200, body
-    time.sleep(0.3)
+    time.sleep(SETTLE)
     assert len(recorder.wait_requests(2)) == 2
     for c in recorder.conns:
         assert clean(c), bytes(c.raw)
@@ -275,7 +279,7 @@ def test_tokenizer_writes_exactly_one_terminator(rec_tokenizer, tls_recorder, pr
         rec_tokenizer, (f"GET http://api.github.com/after HTTP/1.1\r\nHost: api.github.com\r\n"
                         f"Proxy-Tokenizer: {sealed}\r\nContent-Length: 0\r\n\r\n").encode())
     assert status == 200, body
-    time.sleep(0.3)
+    time.sleep(SETTLE)
     reqs = tls_recorder.wait_requests(2)
     assert [r.target for r in reqs] == ["/up", "/after"], reqs
     for c in tls_recorder.conns:
@@ -358,7 +362,7 @@ def test_pattern_secret_never_reaches_another_host(pattern_tokenizer, attacker, 
 
         status, _, body = read_response(s)
     assert status == 400, (status, body)
-    time.sleep(0.2)
+    time.sleep(SETTLE)
     assert attacker.accepted == 0 and attacker.requests() == [], \
         "the tokenizer dialled out for a refused host"
 

@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-from conftest import DUMMY, HOSTS, REAL, headers_of, start_sidecar
+from conftest import DUMMY, HOSTS, REAL, headers_of, skip_unless_ci, start_sidecar
 
 # Names the clients may look up: the routed hosts, and github.com, which gh knows as its host.
 NAMES = HOSTS + ["github.com"]
@@ -35,10 +35,7 @@ def require(tool):
     """A client the tests need: scripts/setup.sh installs it, so in CI its absence is a failure."""
     if shutil.which(tool):
         return
-    msg = f"{tool} is not installed (scripts/setup.sh installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    skip_unless_ci(f"{tool} is not installed (scripts/setup.sh installs it)")
 
 
 def under_hosts(hosts, args):
@@ -66,10 +63,8 @@ def hosts(workdir):
     r = subprocess.run(under_hosts(p, ["getent", "ahosts", "api.github.com"]),
                        capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        msg = f"cannot bind-mount a hosts file in a private mount namespace: {r.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_unless_ci("cannot bind-mount a hosts file in a private mount namespace: "
+                       f"{r.stderr.strip()}")
     addrs = {line.split()[0] for line in r.stdout.splitlines()}
     assert addrs == {"127.0.0.1", "::1"}, r.stdout
     return p
@@ -337,8 +332,8 @@ def port_free(port):
 def sidecar443(bin_path, workdir, tokenizer):
     """gh has no option for another port: a second sidecar on 443, as in production."""
     if not port_free(443):
-        pytest.skip("port 443 on 127.0.0.1 or ::1 is in use (or not bindable): the gh test "
-                    "needs a sidecar there")
+        skip_unless_ci("port 443 on 127.0.0.1 or ::1 is in use (or not bindable): the gh test "
+                       "needs a sidecar there")
     s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-443", port=443)
     yield s
     s.proc.stop()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import ROOT, run, skip_unless_ci
 
 
 def port_busy(port):
@@ -29,8 +29,9 @@ def test_example_configs_validate(bin_path, tokenizer, conf, envs):
     assert r.returncode != 0 and envs[1] in r.stderr
 
 
-@pytest.mark.skipif(port_busy(8080) or port_busy(8443), reason="make run's ports are in use")
 def test_make_run_prints_a_working_command_and_stops_on_ctrl_c():
+    if port_busy(8080) or port_busy(8443):
+        skip_unless_ci("make run's ports (8080, 8443) are in use")
     # Pin api.github.com to a closed loopback port: the test never leaves the machine.
     env = dict(os.environ, PP_TOKENIZER_ARGS="--connect-to api.github.com:443:127.0.0.1:9")
     env.pop("OPEN_KEY", None)

@@ -3,7 +3,6 @@
 import http.client
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
@@ -71,8 +70,7 @@ def test_host_mismatch_is_421_and_forwards_nothing(sidecar, upstream):
         code, _, body, _ = sidecar.curl("/user", extra=[proto, "-H", "Host: evil.example.com"])
         assert code == 421, (proto, body)
         assert "Misdirected" in body
-    time.sleep(0.2)
-    assert upstream.since(m) == []
+    assert upstream.wait_since(m, timeout=0.3) == []
 
 
 def test_host_mismatch_on_second_keepalive_request(sidecar, upstream):
@@ -108,8 +106,12 @@ def test_unknown_sni_and_no_sni_get_no_certificate(sidecar):
     with socket.create_connection(("127.0.0.1", sidecar.port)) as s:
         with pytest.raises(ssl.SSLError):
             ctx.wrap_socket(s)  # no server_hostname: no SNI
-    time.sleep(0.2)
-    log = sidecar.proc.output()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        log = sidecar.proc.output()
+        if 'refused TLS handshake for SNI "evil.example.com"' in log and "no SNI" in log:
+            break
+        time.sleep(0.05)
     assert 'refused TLS handshake for SNI "evil.example.com"' in log
     assert "no SNI" in log
 
@@ -227,11 +229,51 @@ def test_logs_hold_no_secrets(sidecar, tokenizer):
 
 def test_204_with_a_stray_length_is_clean_over_http2(sidecar):
     """The upstream's /status/204 wrongly sends Content-Length and a body; clients still get a
-    clean 204 (no length), over HTTP/2 too, and the connection stays usable."""
+    clean 204 (no length), over HTTP/2 too, and the connection stays usable: curl sends a second
+    request on it (num_connects 0) and gets the right answer."""
     for proto in ["--http2", "--http1.1"]:
-        code, _, body, r = sidecar.curl("/status/204", extra=[proto, "-D", "-"])
-        assert code == 204, (proto, r.stdout, r.stderr)
-        assert "content-length" not in r.stdout.lower(), r.stdout
+        url = f"https://api.github.com:{sidecar.port}"
+        r = run(["curl", "-sS", "--max-time", "20", *sidecar.resolve_args(), proto, "-D", "-",
+                 "-o", "/dev/null", "-w", "CODE %{http_code} %{num_connects}\n",
+                 f"{url}/status/204", "-o", "/dev/null", f"{url}/status/200"])
+        codes = [l.split()[1:] for l in r.stdout.splitlines() if l.startswith("CODE ")]
+        assert codes == [["204", "1"], ["200", "0"]], (proto, r.stdout, r.stderr)
+        head_204 = r.stdout.lower().split("code 204")[0]
+        assert "content-length" not in head_204, r.stdout
+
+
+def test_421_on_a_later_http2_stream_forwards_nothing(sidecar, upstream):
+    """Pinning holds per request, not per connection: on one HTTP/2 connection, a stream for
+    another host gets 421 between two that go through."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    tls = sidecar.tls_socket(alpn=("h2",))
+    assert tls.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    tls.sendall(conn.data_to_send())
+    m = upstream.mark()
+    statuses = {}
+    for sid, authority, path in [(1, "api.github.com", "/h2-first"), (3, "evil.example.com",
+                                 "/h2-evil"), (5, "api.github.com", "/h2-third")]:
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"),
+                                (":authority", authority), (":path", path)], end_stream=True)
+        tls.sendall(conn.data_to_send())
+        deadline = time.time() + 10
+        while sid not in statuses or statuses[sid][1] is False:
+            assert time.time() < deadline, statuses
+            for ev in conn.receive_data(tls.recv(65536)):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = (dict(ev.headers)[b":status"], False)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    statuses[ev.stream_id] = (statuses[ev.stream_id][0], True)
+            tls.sendall(conn.data_to_send())
+    tls.close()
+    assert {k: v[0] for k, v in statuses.items()} == {1: b"200", 3: b"421", 5: b"200"}
+    got = upstream.wait_since(m, n=3, timeout=1.0)
+    assert [e["path"] for e in got] == ["/h2-first", "/h2-third"]
 
 
 def test_connect_is_refused(sidecar, upstream):

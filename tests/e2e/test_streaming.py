@@ -9,10 +9,11 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import REAL, headers_of, run, start_sidecar, start_tokenizer
+from conftest import REAL, harness, headers_of, start_sidecar, start_tokenizer
 
 
 def tls_conn(sidecar, host="api.github.com"):
@@ -24,9 +25,10 @@ def tls_conn(sidecar, host="api.github.com"):
     return conn
 
 
-def test_sse_events_arrive_one_by_one(sidecar):
+@pytest.mark.parametrize("proto", ["--http1.1", "--http2"])
+def test_sse_events_arrive_one_by_one(sidecar, proto):
     """Each event reaches the client before the upstream sends the next one."""
-    args = ["curl", "-sSN", "--max-time", "30", *sidecar.resolve_args(),
+    args = ["curl", "-sSN", proto, "--max-time", "30", *sidecar.resolve_args(),
             f"https://api.github.com:{sidecar.port}/sse?n=6&gap_ms=300"]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     events = []
@@ -49,13 +51,30 @@ def big_file(workdir):
     return path
 
 
+def reset_peak(pid):
+    """Start measuring the peak RSS (VmHWM) of `pid` afresh (Linux clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_growth_mib(pid, before_kib):
+    return (harness.status_kb(pid, "VmHWM") - before_kib) / 1024
+
+
+# A sidecar that buffered a 50 MB body would peak 50 MB higher; streaming it costs a few.
+STREAMING_PEAK_MIB = 16
+
+
 @pytest.mark.parametrize("proto", ["--http1.1", "--http2"])
 def test_50mb_upload_byte_exact(sidecar, upstream, big_file, proto):
     want = hashlib.sha256(big_file.read_bytes()).hexdigest()
     m = upstream.mark()
+    before = harness.rss_kib(sidecar.pid())
+    reset_peak(sidecar.pid())
     code, _, body, _ = sidecar.curl("/upload", extra=[proto, "--data-binary", f"@{big_file}",
                                                       "-H", "Content-Type: application/octet-stream"])
     assert code == 200, body
+    growth = peak_growth_mib(sidecar.pid(), before)
+    assert growth < STREAMING_PEAK_MIB, f"the sidecar peaked {growth:.1f} MiB higher: buffering?"
     e = upstream.wait_since(m)[0]
     assert (e["body_len"], e["body_sha256"]) == (50 << 20, want)
     assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"]
@@ -65,8 +84,12 @@ def test_50mb_upload_byte_exact(sidecar, upstream, big_file, proto):
 def test_50mb_download_byte_exact(sidecar, workdir, proto):
     n = 50 << 20
     out = workdir / f"download{proto}.bin"
+    before = harness.rss_kib(sidecar.pid())
+    reset_peak(sidecar.pid())
     code, _, _, _ = sidecar.curl(f"/bytes/{n}", extra=[proto, "-o", str(out)])
     assert code == 200
+    growth = peak_growth_mib(sidecar.pid(), before)
+    assert growth < STREAMING_PEAK_MIB, f"the sidecar peaked {growth:.1f} MiB higher: buffering?"
     block = bytes(range(256)) * 4096
     h = hashlib.sha256()
     left = n
@@ -78,10 +101,15 @@ def test_50mb_download_byte_exact(sidecar, workdir, proto):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == h.hexdigest()
 
 
-def tokenizer_connections(tok, since_line=0):
-    """Distinct client source addresses in the tokenizer's per-request log lines."""
-    lines = tok.proc.output().splitlines()[since_line:]
-    return {m.group(1) for l in lines if (m := re.search(r" source=(\S+)", l))}
+def tokenizer_connections(tok, since_line=0, expect=0, timeout=5.0):
+    """Distinct client source addresses in the tokenizer's per-request log lines, once at least
+    `expect` such lines have appeared (or `timeout` passed)."""
+    deadline = time.time() + timeout
+    while True:
+        lines = [l for l in tok.proc.output().splitlines()[since_line:] if " source=" in l]
+        if len(lines) >= expect or time.time() > deadline:
+            return {m.group(1) for l in lines if (m := re.search(r" source=(\S+)", l))}
+        time.sleep(0.05)
 
 
 def test_keepalive_tokenizer_is_reused(sidecar, tokenizer):
@@ -93,9 +121,24 @@ def test_keepalive_tokenizer_is_reused(sidecar, tokenizer):
         r.read()
         assert r.status == 200
     conn.close()
-    time.sleep(0.3)
-    used = tokenizer_connections(tokenizer, before)
+    used = tokenizer_connections(tokenizer, before, expect=1000)
     assert 1 <= len(used) <= 4, used  # far fewer tokenizer connections than requests
+
+
+def test_tokenizer_connections_are_shared_by_many_client_connections(sidecar, tokenizer):
+    """The pool belongs to the sidecar, not to a client connection: 30 client connections one
+    after another, 10 requests each, go over one or two tokenizer connections."""
+    before = len(tokenizer.proc.output().splitlines())
+    for c in range(30):
+        conn = tls_conn(sidecar)
+        for i in range(10):
+            conn.request("GET", f"/shared/{c}/{i}")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+        conn.close()
+    used = tokenizer_connections(tokenizer, before, expect=300)
+    assert 1 <= len(used) <= 2, used
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +178,7 @@ def test_spares_are_used_with_closing_tokenizer(bin_path, workdir, closing):
             r = conn.getresponse()
             r.read()
             assert r.status == 200
-            time.sleep(0.01)
+            time.sleep(0.01)  # pace the requests so that the spares refill in between
         conn.close()
         code, _, body, _ = s.curl("/metrics", host="localhost")
         used = int(re.search(r"^proxypilot_tokenizer_spares_used_total (\d+)", body, re.M).group(1))

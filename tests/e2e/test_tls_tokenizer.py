@@ -8,7 +8,6 @@ It counts the TLS handshakes it completes.
 import asyncio
 import copy
 import re
-import socket
 import ssl
 import threading
 import time
@@ -160,10 +159,31 @@ def test_untrusted_https_tokenizer_is_refused(bin_path, workdir, upstream, closi
         code, _, body, _ = s.curl("/user", extra=["-H", "Authorization: Bearer dummy"],
                                   check=False)
         assert code == 502, (code, body)
-        time.sleep(0.3)
-        assert upstream.since(m) == []
+        assert upstream.wait_since(m, timeout=0.5) == []
         log = s.proc.output()
         assert re.search(r"invalid certificate|certificate verify failed", log), log
         assert REAL["api.github.com"] not in log
+    finally:
+        s.proc.stop()
+
+
+@pytest.mark.parametrize("spares", [0, 2])
+def test_https_tokenizer_with_the_wrong_name_is_refused(bin_path, workdir, pki, upstream,
+                                                        closing_behind_tls, spares):
+    """The chain is trusted (`ca:`) but the certificate does not name the host in the URL (an
+    IP here): the name check alone refuses it, with spares (our TLS) and without (pingora's)."""
+    t, front = closing_behind_tls
+    by_ip = copy.copy(t)
+    by_ip.url = f"https://127.0.0.1:{front.port}"
+    s = start_sidecar(bin_path, workdir, by_ip, name=f"sidecar-tls-wrongname-{spares}",
+                      tokenizer_extra=f"    ca: {pki / 'upca.pem'}\n    spares: {spares}\n")
+    try:
+        m = upstream.mark()
+        code, _, body, _ = s.curl("/user", check=False)
+        assert code == 502, (code, body)
+        assert upstream.wait_since(m, timeout=0.5) == []
+        log = s.proc.output()
+        assert re.search(r"invalid certificate|certificate verify failed|hostname mismatch|"
+                         r"IP address mismatch", log, re.I), log
     finally:
         s.proc.stop()

@@ -1,0 +1,284 @@
+"""The benchmark's report: the tables on stdout and docs/benchmarks.md."""
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+
+from common import AFTER_LEFT_S, BODY, HOST, ROOT
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def med(values):
+    values = [v for v in values if v is not None and v == v]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, spec=".1f", none="–"):
+    return none if v is None or v != v else format(v, spec)
+
+
+def versions(a):
+    def first_line(args):
+        try:
+            r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception as e:
+            return f"unavailable ({e.__class__.__name__})"
+
+    rev = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src",
+                            "Cargo.toml", "Cargo.lock"], capture_output=True, text=True).stdout
+    return {
+        "proxypilot": first_line([a.bin, "--version"]).replace("proxypilot ", "") + f" (git {rev}"
+                      + (", src/ had uncommitted changes)" if dirty.strip() else ")"),
+        "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "mitmproxy": first_line([a.mitmdump, "--version"]).replace("Mitmproxy: ", "mitmproxy ")
+                     if not a.no_mitmproxy else "mitmproxy not run",
+        "h2load": first_line(["h2load", "--version"]).replace("h2load ", ""),
+        "openssl": first_line(["openssl", "version"]),
+        "python": platform.python_version(),
+    }
+
+
+def machine():
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:10]
+    # Scale: how fast this CPU signs and agrees keys (what TLS handshakes and unsealing cost).
+    speed = subprocess.run(["openssl", "speed", "-seconds", "1", "ecdsap256", "ecdhx25519"],
+                           capture_output=True, text=True).stdout.splitlines()
+    lscpu += ["", "openssl speed -seconds 1 ecdsap256 ecdhx25519:"] + [
+        l for l in speed if re.search(r"(sign|op)\s*(verify|op/s)|nistp256|X25519", l)]
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "lscpu": lscpu,
+            "mem": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"}
+
+
+def report(b, command):
+    """Print the tables; return what docs/benchmarks.md gets. `b` is a finished `measure.Bench`."""
+    s = b.s
+    L = []
+    add = L.append
+    by = {c.key: c for c in b.scns}
+    direct = by.get("direct")
+
+    add("| scenario | client | req/s (min–max) | p50 ms | p99 ms | +p50 vs direct ms | "
+        "sidecar peak RSS MiB | sidecar CPU s/10k req | tokenizer CPU s/10k req | errors | note |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    summary = {}
+    for mode in b.modes:
+        for c in b.scns:
+            runs = c.results.get(mode.key, [])
+            if not runs:
+                continue
+            rps = [r["rps"] for r in runs]
+            row = {k: med([r[k] for r in runs]) for k in ("rps", "p50", "p99", "cpu10k", "tok10k")}
+            row["hwm"] = max((r["hwm"] for r in runs if r["hwm"] is not None), default=None)
+            row["bad"] = sum(r["bad"] for r in runs)
+            summary[(c.key, mode.key)] = row
+            dp50 = None
+            if direct and direct.results.get(mode.key) and c is not direct:
+                d = med([r["p50"] for r in direct.results[mode.key]])
+                dp50 = row["p50"] - d if row["p50"] is not None and d is not None else None
+            spread = f" ({min(rps):,.0f}–{max(rps):,.0f})" if len(rps) > 1 else ""
+            errs = str(row["bad"]) + (" (" + "; ".join(sorted({r["error"] for r in runs
+                                                               if r["error"]})) + ")"
+                                      if any(r["error"] for r in runs) else "")
+            add(f"| {c.label} | {mode.key} | {fmt(row['rps'], ',.0f')}{spread} | {fmt(row['p50'], '.2f')}"
+                f" | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.2f')} | {fmt(row['hwm'])} | "
+                f"{fmt(row['cpu10k'], '.2f')} | {fmt(row['tok10k'], '.2f')} | {errs} | {c.note} |")
+    table = "\n".join(L)
+
+    R = []
+    for other in ("nginx", "mitmproxy"):
+        for mode in b.modes:
+            p, o = summary.get(("proxypilot", mode.key)), summary.get((other, mode.key))
+            if not (p and o):
+                continue
+            tput = p["rps"] / o["rps"] if o["rps"] else float("nan")
+            lat = p["p50"] / o["p50"] if o["p50"] else float("nan")
+            cpu = (p["cpu10k"] / o["cpu10k"]) if p["cpu10k"] and o["cpu10k"] else float("nan")
+            R.append(f"- proxypilot/{other} {mode.short}: throughput {tput:.2f}x, "
+                     f"p50 latency {lat:.2f}x, sidecar CPU per request {cpu:.2f}x")
+    for mode in b.modes:
+        p, o = summary.get(("null-proxypilot", mode.key)), summary.get(("null-nginx", mode.key))
+        if p and o:
+            R.append(f"- sidecar alone (null tokenizer), proxypilot/nginx {mode.short}: throughput "
+                     f"{p['rps'] / o['rps']:.2f}x, p50 latency {p['p50'] / o['p50']:.2f}x, "
+                     f"sidecar CPU per request {p['cpu10k'] / o['cpu10k']:.2f}x")
+    for prefix, what in (("relay-spares", "relay"), ("relaytls-spares", "TLS relay")):
+        with_spares = [c.key for c in b.scns if c.key.startswith(prefix)]
+        if len(with_spares) != 2:
+            continue
+        for mode in b.modes:
+            z, n = summary.get((with_spares[0], mode.key)), summary.get((with_spares[1], mode.key))
+            if z and n:
+                R.append(f"- {what} with {with_spares[1][len(prefix):]} spares / without, "
+                         f"{mode.short}: throughput {n['rps'] / z['rps']:.2f}x, p50 "
+                         f"{n['p50']:.2f} ms vs {z['p50']:.2f} ms")
+    ratios = "\n".join(R)
+
+    X = []
+    if "idle" in b.extra:
+        X.append("Memory (RSS, MiB; nginx = master + workers, shared pages counted per process):")
+        X.append("")
+        X.append("| process | idle (after start + 1 request) | peak with "
+                 f"{s.many_clients} keep-alive clients | {AFTER_LEFT_S} s after they left | "
+                 "requests ok / failed |")
+        X.append("|---|---:|---:|---:|---|")
+        for k, v in b.extra["idle"].items():
+            m = b.extra.get("many", {}).get(k)
+            X.append(f"| {k} | {v:.1f} | {fmt(m and m['hwm'])} | {fmt(m and m['rss'])} | "
+                     + (f"{m['ok']} / {m['bad']}" + (f" ({m['error']})" if m['error'] else "")
+                        if m else "–") + " |")
+        X.append("")
+    if "sse" in b.extra:
+        X.append(f"Server-sent events ({s.sse_events} events, {s.sse_gap_ms} ms apart, from the "
+                 "Python upstream): delay from the upstream stamping an event to the client "
+                 "reading it.")
+        X.append("")
+        X.append("| path | status | streams | events | median ms | worst event of a stream, "
+                 "median over streams ms | worst event of all ms |")
+        X.append("|---|---:|---:|---:|---:|---:|---:|")
+        for k, v in b.extra["sse"].items():
+            X.append(f"| {k} | {v['status']} | {v['streams']} | {v['n']} | "
+                     f"{fmt(v['p50'], '.2f')} | {fmt(v['worst_med'], '.2f')} | "
+                     f"{fmt(v['max'], '.2f')} |" + (f" {v['error']}" if v.get("error") else ""))
+        X.append("")
+    if "handshakes" in b.extra:
+        X.append(f"Full TLS handshakes, one at a time ({s.handshakes} each, new TCP connection, "
+                 f"no resumption, SNI {HOST}, client = Python ssl):")
+        X.append("")
+        X.append("| server | median ms | p99 ms | handshakes/s |")
+        X.append("|---|---:|---:|---:|")
+        for k, v in b.extra["handshakes"].items():
+            X.append(f"| {k} | {v['p50']:.3f} | {v['p99']:.3f} | {v['rate']:,.0f} |")
+        X.append("")
+    if "tokenizer" in b.extra:
+        X.append(f"Our tokenizer alone (h2load over HTTP/1.1 -> `proxypilot tokenizer` -> the "
+                 f"upstream over pooled TLS; origin-form with `Host: {HOST}` and the sealed "
+                 f"secret; {s.tokenizer_conns} client connections, or 1), keep-alive against a new "
+                 "connection per request like the reference tokenizer (`--close-connections`, "
+                 "client sends `Connection: close`). h2load times a request from writing it, so the p50 "
+                 "of a new-connection row leaves out the TCP connect; req/s includes it.")
+        X.append("")
+        X.append("| client connections | req/s | p50 ms | p99 ms | tokenizer CPU s/10k req | errors |")
+        X.append("|---|---:|---:|---:|---:|---:|")
+        for k, v in b.extra["tokenizer"].items():
+            X.append(f"| {k} | {v['rps']:,.0f} | {v['p50']:.2f} | {v['p99']:.2f} | "
+                     f"{fmt(v['cpu10k'], '.2f')} | {v['bad']} |")
+        t = b.extra["tokenizer"]
+        pairs = (("keep-alive", "new connection per request (--close-connections)"),
+                 ("keep-alive, 1 client (unloaded)",
+                  "new connection per request, 1 client (unloaded)"))
+        for ka, cl in pairs:
+            if ka in t and cl in t and t[cl]["rps"]:
+                X.append(f"- {ka} / new connection per request: throughput "
+                         f"{t[ka]['rps'] / t[cl]['rps']:.2f}x, p50 {t[ka]['p50']:.2f} vs "
+                         f"{t[cl]['p50']:.2f} ms")
+        X.append("")
+    if "mint" in b.extra:
+        m = b.extra["mint"]
+        X.append(f"Minting, seen from outside: the first handshake for {HOST} after a sidecar "
+                 f"start (the process warmed up by a handshake for `localhost` first) took "
+                 f"median {m['first']:.2f} ms, {m['diff']:+.2f} ms over a cached handshake for "
+                 f"the same name (median of {m['n']} restarts): roughly the time to mint one "
+                 "leaf. Only routed names get a certificate, so always-new names are measured "
+                 "with a sidecar whose 1 s leaf lifetime makes it mint a new leaf on every "
+                 "handshake (the row above); the cached row is the steady state.")
+        X.append("")
+    if "ca_bench" in b.extra:
+        X.append("Minting, timed inside the binary (`proxypilot ca bench --count 1000`): "
+                 + (b.extra["ca_bench"] or "not available in this build") + ".")
+        X.append("")
+    extras = "\n".join(X)
+    return table, ratios, extras
+
+
+def markdown(b, command, table, ratios, extras):
+    s, a = b.s, b.a
+    v = versions(a)
+    mc = machine()
+    lb, la = b.meta["load_before"], b.meta["load_after"]
+    quiet = lb[0] < 0.5
+    spares = ("This binary accepts `proxypilot.tokenizer.spares`, so the relay scenario runs "
+              f"with `spares: 0` and `spares: {s.spares}`") if b.spares else (
+        "Spares: not implemented yet (this binary refuses `proxypilot.tokenizer.spares`); the "
+        f"script compares 0 with `--spares {s.spares}` once it does")
+    return f"""# Benchmarks
+
+Generated by `make bench` (`bench/bench.py`); rerun it to refresh this file. Do not edit by hand.
+
+{"" if quiet else f'''> **Noisy numbers.** The machine was busy when this run started (1-minute load
+> average {lb[0]:.2f} on {mc["nproc"]} CPUs): other work shared its cores. Compare rows of this
+> run with each other only, and rerun `make bench` on a quiet machine for figures to quote.
+'''}
+- Command: `{command}` (what `make bench` runs after building the release binary and
+  running `scripts/bench-setup.sh`){" — quick mode" if a.quick else ""}
+- Run: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; {s.runs} run(s)
+  of {s.duration:g} s per cell after {s.warmup:g} s of warm-up, median shown; took
+  {b.meta["elapsed"] / 60:.1f} min; load average {lb[0]:.2f} before, {la[0]:.2f} after
+- Machine: {mc["nproc"]} CPUs (`nproc`), {mc["mem"]}, Linux {mc["kernel"]}
+- Versions: proxypilot {v["proxypilot"]}, binary sha256 {b.meta["bin_sha256"]}; {v["nginx"]};
+  {v["mitmproxy"]}; h2load {v["h2load"]}; {v["openssl"]}; Python {v["python"]}
+
+```
+{chr(10).join(mc["lscpu"])}
+```
+
+## Setup
+
+Everything runs on 127.0.0.1 on this one machine, so the load generator competes with the
+proxies for the same cores: compare rows with each other, not with other machines.
+
+- **direct**: h2load to the upstream, nginx (1 worker) answering a fixed {len(BODY)}-byte JSON
+  body over TLS (ECDSA P-256 certificate for {HOST} from a throwaway CA made with openssl at
+  the start of the run), keep-alive on. The limit.
+- **proxypilot**: `proxypilot serve` (threads: {a.threads}, RUST_LOG={a.rust_log}) minting its certificate
+  for the SNI, dropping the dummy `Authorization`, adding `Proxy-Tokenizer`, and sending
+  absolute-form requests over pooled HTTP/1.1 to `proxypilot tokenizer` (threads 2), which opens
+  the sealed secret, writes the real `Authorization` and forwards over TLS to the upstream.
+- **nginx as sidecar**: nginx (2 workers) with a static certificate, `proxy_set_header
+  Authorization ""`, `Proxy-Tokenizer: <sealed>`, `Host: {HOST}`, origin-form to the same
+  tokenizer with `keepalive 32`, `proxy_http_version 1.1`, `Connection ""`, `proxy_buffering
+  off` (needed for server-sent events).
+- **mitmproxy as sidecar**: `mitmdump --mode reverse:http://TOKENIZER/` with a static
+  certificate and `bench/mitm_addon.py` (drops `Authorization`, adds `Proxy-Tokenizer`, sets
+  `Host` from the SNI, streams responses).
+- **proxypilot via relay**: proxypilot whose tokenizer is `bench/relay.py` in front of the same
+  tokenizer. The relay closes every connection after one response (`Connection: close` both
+  ways) and delays each direction by {s.rtt_ms / 2:g} ms ({s.rtt_ms:g} ms RTT), plus one RTT
+  for the TCP handshake of each new connection. It is Python: it caps throughput, so read
+  this row for latency. {spares}.
+- **proxypilot via TLS relay** ({", ".join(s.tls_relay_modes)}): the same relay serving TLS
+  (certificate for `localhost` from the bench CA), so the sidecar's tokenizer is
+  `https://localhost:PORT` with `ca:` set; a new connection pays one more RTT for TLS 1.3's
+  handshake, which a spare has already done.
+- **null tokenizer** rows ({", ".join(s.null_modes) or "not run"}): proxypilot and nginx
+  as above, but their tokenizer is a static answer (nginx, plain HTTP, `return 200` with the
+  same body), so the sidecar alone is measured. In the rows above, our tokenizer (which opens
+  the sealed secret on every request) usually limits throughput for proxypilot and nginx alike.
+- Every path is checked first: the upstream must see `Authorization: Bearer <real token>`,
+  no `Proxy-Tokenizer`, and `Host: {HOST}`.
+
+Client modes (h2load, same request for all: `GET /user`, `Authorization: Bearer dummy`):
+{chr(10).join(f"- **{m.key}**: {m.label}" for m in b.modes)}
+
+Figures: req/s = 2xx responses per second; p50/p99 from h2load's per-request log;
+"+p50 vs direct" = p50 minus direct's p50 in the same mode (under load this includes queueing:
+the **serial** row is the per-request cost of the hop); sidecar peak RSS = VmHWM (reset before
+each run, max over runs); CPU = utime + stime from /proc per 10,000 responses (the sidecar
+process, nginx: master + workers; the tokenizer separately).
+
+## Results
+
+{table}
+
+{ratios}
+
+{extras}
+"""
+
+
