@@ -112,15 +112,20 @@ def tokenizer_connections(tok, since_line=0, expect=0, timeout=5.0):
         time.sleep(0.05)
 
 
-def test_keepalive_tokenizer_is_reused(sidecar, tokenizer):
-    before = len(tokenizer.proc.output().splitlines())
+def get_on_one_connection(sidecar, prefix, n):
+    """`n` GETs on one new client connection, each answered 200."""
     conn = tls_conn(sidecar)
-    for i in range(1000):
-        conn.request("GET", f"/reuse/{i}")
+    for i in range(n):
+        conn.request("GET", f"{prefix}/{i}")
         r = conn.getresponse()
         r.read()
         assert r.status == 200
     conn.close()
+
+
+def test_keepalive_tokenizer_is_reused(sidecar, tokenizer):
+    before = len(tokenizer.proc.output().splitlines())
+    get_on_one_connection(sidecar, "/reuse", 1000)
     used = tokenizer_connections(tokenizer, before, expect=1000)
     assert 1 <= len(used) <= 4, used  # far fewer tokenizer connections than requests
 
@@ -130,13 +135,7 @@ def test_tokenizer_connections_are_shared_by_many_client_connections(sidecar, to
     after another, 10 requests each, go over one or two tokenizer connections."""
     before = len(tokenizer.proc.output().splitlines())
     for c in range(30):
-        conn = tls_conn(sidecar)
-        for i in range(10):
-            conn.request("GET", f"/shared/{c}/{i}")
-            r = conn.getresponse()
-            r.read()
-            assert r.status == 200
-        conn.close()
+        get_on_one_connection(sidecar, f"/shared/{c}", 10)
     used = tokenizer_connections(tokenizer, before, expect=300)
     assert 1 <= len(used) <= 2, used
 
