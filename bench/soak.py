@@ -11,7 +11,7 @@ tokenizer; checks that no request fails and that memory and open files stay flat
 PROXYPILOT_BIN (or --bin) picks the binary (default target/release/proxypilot). Only a run of at
 least 1000 clients and 600 s writes docs/soak.md; --keep keeps the work directory (logs).
 
-Everything runs on loopback, on ephemeral ports, started as tests/e2e/conftest.py does:
+Everything runs on loopback, on ephemeral ports, started as tests/e2e/stack.py does:
 
     clients --TLS, HTTP/1.1 keep-alive--> proxypilot serve --HTTP--> proxypilot tokenizer
             --TLS--> tests/e2e/upstream.py (pinned with --connect-to)
@@ -108,7 +108,7 @@ AFTER_TRIM_S = 12.0  # the sidecar trims its heap every 10 s: RSS "after" is rea
 
 
 # --------------------------------------------------------------------------------------------
-# Processes (as tests/e2e/conftest.py starts them, with the same helpers: tests/harness.py)
+# Processes (as tests/e2e/stack.py starts them, with the same helpers: tests/harness.py)
 
 free_port = harness.free_port
 Proc = harness.Proc

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import DUMMY, REAL, Proc, free_port, run, start_sidecar, wait_port
+from stack import DUMMY, REAL, Proc, free_port, run, start_sidecar, wait_port
 from standin import Standin
 
 
@@ -232,7 +232,7 @@ def tls_recorder(pki):
 def rec_tokenizer(bin_path, workdir, pki, upstream, tls_recorder):
     """A tokenizer whose upstream for every host is the recording TLS stand-in."""
     port = free_port()
-    from conftest import keygen
+    from stack import keygen
 
     open_key, seal_key = keygen(bin_path)
     args = [bin_path, "tokenizer", "--listen", f"127.0.0.1:{port}", "--upstream-ca",
@@ -257,7 +257,7 @@ def _raw_to_tokenizer(tok, head, body_bytes=b""):
 
     with socket.create_connection(("127.0.0.1", tok.port), timeout=10) as s:
         s.sendall(head + body_bytes)
-        from conftest import read_response
+        from stack import read_response
 
         return read_response(s)
 
@@ -330,7 +330,7 @@ def attacker(pki):
 @pytest.fixture(scope="module")
 def pattern_tokenizer(bin_path, workdir, pki, attacker):
     """Every dial, whatever host and port, goes to the attacker stand-in."""
-    from conftest import keygen
+    from stack import keygen
 
     open_key, seal_key = keygen(bin_path)
     port = free_port()
@@ -358,7 +358,7 @@ def test_pattern_secret_never_reaches_another_host(pattern_tokenizer, attacker, 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nProxy-Tokenizer: {sealed}\r\n"
                   f"Content-Length: 0\r\n\r\n".encode())
-        from conftest import read_response
+        from stack import read_response
 
         status, _, body = read_response(s)
     assert status == 400, (status, body)
@@ -453,7 +453,7 @@ def test_unknown_processors_are_refused_not_ignored(tokenizer, upstream):
 @pytest.mark.parametrize("value,open_proxy", [("disabled", False), ("yes", False), ("0", False),
                                                ("false", False), ("true", True), ("1", True)])
 def test_open_proxy_reads_booleans_like_go(bin_path, workdir, pki, upstream, value, open_proxy):
-    from conftest import keygen
+    from stack import keygen
 
     open_key, _ = keygen(bin_path)
     port = free_port()
@@ -565,7 +565,7 @@ def test_tokenizer_marks_an_upstream_stall_mid_body_as_truncated(bin_path, workd
                                                                  tls_recorder):
     """The API goes quiet after two events: the tokenizer must end the connection without the
     chunked terminator (the response is broken), never append its error text and finish."""
-    from conftest import keygen
+    from stack import keygen
 
     open_key, seal_key = keygen(bin_path)
     port = free_port()

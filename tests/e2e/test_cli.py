@@ -3,7 +3,7 @@
 import json
 import os
 
-from conftest import keygen, run
+from stack import keygen, run
 
 
 def seal(bin_path, seal_key, *args, input=None, env=None):

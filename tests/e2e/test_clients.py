@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-from conftest import DUMMY, HOSTS, REAL, headers_of, skip_unless_ci, start_sidecar
+from stack import DUMMY, HOSTS, REAL, headers_of, skip_unless_ci, start_sidecar
 
 # Names the clients may look up: the routed hosts, and github.com, which gh knows as its host.
 NAMES = HOSTS + ["github.com"]

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import fd_count, read_response, run, start_sidecar
+from stack import fd_count, read_response, run, start_sidecar
 from standin import Blackhole, Standin
 
 READ_TIMEOUT = 2     # the sidecar's read_timeout (seconds) in these tests

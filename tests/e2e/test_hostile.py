@@ -27,7 +27,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from conftest import DUMMY, REAL, headers_of, start_sidecar, start_tokenizer
+from stack import DUMMY, REAL, headers_of, start_sidecar, start_tokenizer
 
 GH = "api.github.com"
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: api.github.com\r\n\r\n"

@@ -22,7 +22,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import (DUMMY, HOSTS, Proc, SIDECAR_YAML, free_port, keygen, read_response,
+from stack import (DUMMY, HOSTS, Proc, SIDECAR_YAML, free_port, keygen, read_response,
                       seal_raw, wait_port)
 from standin import Standin
 

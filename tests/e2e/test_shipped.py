@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run, skip_unless_ci
+from stack import ROOT, run, skip_unless_ci
 
 
 def port_busy(port):

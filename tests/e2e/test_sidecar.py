@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import DUMMY, REAL, Proc, free_port, headers_of, run, wait_port
+from stack import DUMMY, REAL, Proc, free_port, headers_of, run, wait_port
 
 
 def assert_real_not_dummy(entry, host="api.github.com", header="authorization", fmt="Bearer {}"):
@@ -140,7 +140,7 @@ def test_admin_answers(sidecar):
 
 
 def test_tokenizer_down_is_502_with_reason(bin_path, workdir, tokenizer):
-    from conftest import start_sidecar
+    from stack import start_sidecar
 
     class Down:
         url = f"http://127.0.0.1:{free_port()}"
@@ -214,7 +214,7 @@ def test_tlsproxy_dropin_env_mode(bin_path, workdir, tokenizer, upstream):
 
 
 def test_stops_cleanly_on_sigint(bin_path, workdir, tokenizer):
-    from conftest import start_sidecar
+    from stack import start_sidecar
 
     s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-sigint")
     s.proc.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL, harness, headers_of, start_sidecar, start_tokenizer
+from stack import REAL, harness, headers_of, start_sidecar, start_tokenizer
 
 
 def tls_conn(sidecar, host="api.github.com"):

@@ -5,7 +5,7 @@ import socket
 import ssl
 import threading
 
-from conftest import run, start_sidecar
+from stack import run, start_sidecar
 
 
 def metric(sidecar, name):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REAL, free_port, headers_of, start_sidecar, start_tokenizer
+from stack import REAL, free_port, headers_of, start_sidecar, start_tokenizer
 from test_streaming import tls_conn
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import headers_of, keygen, run, start_tokenizer
+from stack import headers_of, keygen, run, start_tokenizer
 
 
 def send(tok, host, path="/t", headers=None, body=None, method=None):
@@ -147,7 +147,7 @@ def test_fly_src_trust_rules(bin_path, workdir, pki, upstream, flysrc_setup):
 
 def test_reference_environment(bin_path, workdir, pki, upstream, flysrc_setup):
     """FILTERED_HEADERS, TOKENIZER_HOSTNAMES, OPEN_PROXY and REQUIRE_FLYSRC from the env."""
-    from conftest import HOSTS, Proc, free_port, wait_port
+    from stack import HOSTS, Proc, free_port, wait_port
 
     seed, pub = flysrc_setup
     open_key, seal_key = keygen(bin_path)

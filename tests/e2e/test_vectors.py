@@ -9,7 +9,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import headers_of, start_tokenizer
+from stack import headers_of, start_tokenizer
 
 
 @pytest.fixture(scope="module")
