@@ -6,6 +6,7 @@
 //! (`unseal --show-secret`, `keygen` without `--out`).
 
 mod ca;
+mod health;
 mod seal;
 mod serve;
 mod tokenizer;
@@ -48,6 +49,9 @@ enum Cmd {
     /// Create or inspect the sidecar's certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCmd),
+    /// Check that the sidecar on this machine answers (exit 0) or say why not (exit 1), for
+    /// container health checks.
+    Health(health::HealthArgs),
 }
 
 /// Parse the command line and run; returns the process exit code.
@@ -63,6 +67,7 @@ pub fn main() -> i32 {
         Cmd::Ca(ca::CaCmd::Init(a)) => ca::init(a),
         Cmd::Ca(ca::CaCmd::Show(a)) => ca::show(a),
         Cmd::Ca(ca::CaCmd::Bench(a)) => ca::bench(a),
+        Cmd::Health(a) => health::run(a),
     };
     match result {
         Ok(()) => 0,

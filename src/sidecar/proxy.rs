@@ -156,11 +156,17 @@ impl SidecarProxy {
                 let body = Bytes::from(metrics::render());
                 reply::send(session, 200, "text/plain; version=0.0.4", body, &[]).await
             }
+            "/routes" => {
+                // Host names only (never a secret): what the shell's trust bootstrap needs for
+                // its hosts entries and self-test.
+                let body = serde_json::json!({ "routes": self.cfg.hosts() }).to_string() + "\n";
+                reply::send(session, 200, "application/json", Bytes::from(body), &[]).await
+            }
             _ => {
                 reply::send_error(
                     session,
                     404,
-                    "not found (try /ca-cert.pem, /healthz, /metrics)",
+                    "not found (try /ca-cert.pem, /routes, /healthz, /metrics)",
                 )
                 .await;
                 Ok(())

@@ -1,6 +1,7 @@
 """The whole path with the real binary: curl -> sidecar (TLS, minted cert) -> tokenizer -> upstream."""
 
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -137,6 +138,21 @@ def test_admin_answers(sidecar):
     assert (code, body.strip()) == (200, "ok")
     code, _, body, _ = sidecar.curl("/metrics", host="localhost")
     assert code == 200 and "proxypilot_requests_total" in body
+    code, _, body, _ = sidecar.curl("/routes", host="localhost")
+    assert code == 200 and json.loads(body) == {
+        "routes": ["api.anthropic.com", "api.github.com", "api.openai.com"]}
+    assert "secret" not in body.lower() and sidecar.env["PP_SEALED_GITHUB"] not in body
+
+
+def test_health_subcommand_exits_0_when_up_and_1_with_a_reason_when_down(bin_path, sidecar):
+    r = run([bin_path, "health", "--port", str(sidecar.port)])
+    assert r.returncode == 0 and "200" in r.stdout, r
+    # PORT from the environment, and the certificate verified against the CA
+    r = run([bin_path, "health", "--ca", str(sidecar.ca)], env={"PORT": str(sidecar.port)})
+    assert r.returncode == 0, r
+    down = free_port()
+    r = run([bin_path, "health", "--port", str(down), "--timeout", "2s"], check=False)
+    assert r.returncode == 1 and "not healthy" in r.stderr and "refused" in r.stderr, r
 
 
 def test_tokenizer_down_is_502_with_reason(bin_path, workdir, tokenizer):
