@@ -46,6 +46,7 @@ fuzz: setup
 	scripts/fuzz.sh $(FUZZ_ARGS)
 
 lint: setup
+	shellcheck -s sh deploy/shell/proxypilot-trust
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 

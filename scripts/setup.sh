@@ -23,6 +23,8 @@ have gh      || need_apt+=(gh)
 have node    || need_apt+=(nodejs)
 have git     || need_apt+=(git)
 have unshare || need_apt+=(util-linux)
+# The shell's trust bootstrap is POSIX sh: `make lint` checks it.
+have shellcheck || need_apt+=(shellcheck)
 have mount   || need_apt+=(mount)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
