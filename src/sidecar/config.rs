@@ -88,6 +88,10 @@ struct FileSection {
     /// At most this many client connections at once; more get 503.
     #[serde(default)]
     max_connections: Option<usize>,
+    /// `text` (one log line per request, default) or `json` (one JSON object per request on
+    /// stdout, for log shippers).
+    #[serde(default)]
+    access_log: Option<String>,
     tokenizer: FileTokenizer,
     #[serde(default)]
     strip_headers: Option<Vec<String>>,
@@ -174,6 +178,16 @@ impl std::fmt::Debug for Route {
     }
 }
 
+/// How each request is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    /// One line per request in the process log (stderr, `RUST_LOG`).
+    #[default]
+    Text,
+    /// One JSON object per request on stdout.
+    Json,
+}
+
 /// Limits on the sidecar's client connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -199,6 +213,7 @@ pub struct Sidecar {
     pub leaf_lifetime: Duration,
     pub read_timeout: Duration,
     pub client: ClientLimits,
+    pub access_log: AccessLog,
     pub tokenizer: Tokenizer,
     pub routes: HashMap<String, Arc<Route>>,
     /// Serve the CA certificate at https://localhost:PORT/ca-cert.pem (always on; kept explicit
@@ -454,6 +469,16 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
             Some(n) => n,
         },
     };
+    let access_log = match s.access_log.as_deref() {
+        None | Some("text") => AccessLog::Text,
+        Some("json") => AccessLog::Json,
+        Some(other) => {
+            return Err(w.err(
+                "proxypilot.access_log",
+                format!("{other:?} is not text or json"),
+            ))
+        }
+    };
     let ca_lifetime = dur(
         "proxypilot.ca.lifetime",
         s.ca.lifetime,
@@ -559,6 +584,7 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
         leaf_lifetime,
         read_timeout,
         client,
+        access_log,
         tokenizer,
         routes,
         source: source.to_string(),
@@ -641,6 +667,7 @@ pub fn from_env(get: Env) -> Result<Sidecar, String> {
         leaf_lifetime: defaults::LEAF_LIFETIME,
         read_timeout: defaults::READ_TIMEOUT,
         client: ClientLimits::default(),
+        access_log: AccessLog::Text,
         tokenizer: Tokenizer {
             url: url.display(),
             tls: url.tls,
@@ -744,6 +771,27 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("routes[0].host"), "{e}");
+    }
+
+    #[test]
+    fn access_log_is_text_or_json() {
+        let route = "    - host: api.github.com\n      secret_env: PP_TEST_SEALED_AL\n";
+        let with = |v: &str| {
+            yaml(route).replace("  tokenizer:", &format!("  access_log: {v}\n  tokenizer:"))
+        };
+        assert_eq!(
+            from_yaml(&yaml(route), "c.yaml", &env).unwrap().access_log,
+            AccessLog::Text
+        );
+        assert_eq!(
+            from_yaml(&with("json"), "c.yaml", &env).unwrap().access_log,
+            AccessLog::Json
+        );
+        let e = from_yaml(&with("xml"), "c.yaml", &env).err().unwrap();
+        assert_eq!(
+            e,
+            "c.yaml: proxypilot.access_log: \"xml\" is not text or json"
+        );
     }
 
     #[test]

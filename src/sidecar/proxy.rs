@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::certstore::CertStore;
-use super::config::{Route, Sidecar};
+use super::config::{AccessLog, Route, Sidecar};
 use super::conn::{self, Limits};
 use super::metrics;
 use super::spares::{Spares, TlsTo};
@@ -58,6 +58,8 @@ pub struct Ctx {
     admin: bool,
     started: Option<Instant>,
     reason: Option<String>,
+    /// Whether the tokenizer connection was new or reused from the pool (None: none used).
+    tokenizer_reused: Option<bool>,
 }
 
 /// The hosts a request names for its target, each parsed strictly and normalized: the URI
@@ -330,6 +332,19 @@ impl ProxyHttp for SidecarProxy {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.tokenizer_reused = Some(reused);
+        Ok(())
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -398,6 +413,10 @@ impl ProxyHttp for SidecarProxy {
         metrics::REQUEST_SECONDS
             .with_label_values(&[route])
             .observe(secs);
+        if self.cfg.access_log == AccessLog::Json {
+            access_json(session, ctx, route, status, secs);
+            return;
+        }
         let level = if (200..400).contains(&status) || ctx.admin {
             log::Level::Info
         } else {
@@ -424,6 +443,27 @@ impl ProxyHttp for SidecarProxy {
             reason
         );
     }
+}
+
+/// One JSON object per request on stdout: no query string, no header value, so no credential
+/// and no sealed secret can be in it.
+fn access_json(session: &Session, ctx: &Ctx, route: &str, status: u16, secs: f64) {
+    use std::io::Write;
+    let req = session.req_header();
+    let line = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "route": route,
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "protocol": format!("{:?}", req.version),
+        "status": status,
+        "bytes": session.body_bytes_sent(),
+        "duration_ms": (secs * 1e6).round() / 1e3,
+        "tokenizer_connection": ctx.tokenizer_reused.map(|r| if r { "reused" } else { "new" }),
+        "reason": ctx.reason,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 #[cfg(test)]
