@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz
+.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,12 @@ bench: build
 ## docs/soak.md. SOAK_ARGS='--duration 60 --clients 200 --no-write' for a quick run.
 soak: build
 	python3 bench/soak.py $(SOAK_ARGS)
+
+## Build the container image around a binary built here (PROXYPILOT_BIN, default the release
+## build) and run it as it ships: non-root on 443, health check, one proxied request. Needs root,
+## podman (installed if missing) and port 443 free on this machine. Not part of `test`.
+image-test: build
+	@scripts/image-test.sh
 
 ## Fuzz the parsers with cargo-fuzz (libFuzzer), 60 s per target, and print a table of
 ## executions, corpus and crashes. Not part of `test`. FUZZ_ARGS="300" for 300 s each,

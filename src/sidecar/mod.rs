@@ -61,6 +61,23 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         None
     };
     let listen = cfg.listen.clone();
+    if !opt.upgrade {
+        // Pingora binds in its listener threads, where a failure is a panic after startup has
+        // been reported: try each address here first, so that a port in use or a missing
+        // permission is a clear error and a non-zero exit before anything listens. (With -u the
+        // addresses are in use by the process being replaced, on purpose.)
+        for addr in &listen {
+            std::net::TcpListener::bind(addr.as_str()).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (ports below 1024 need root, CAP_NET_BIND_SERVICE or \
+                     net.ipv4.ip_unprivileged_port_start)"
+                } else {
+                    ""
+                };
+                format!("cannot listen on {addr}: {e}{hint}")
+            })?;
+        }
+    }
     let limits = Arc::new(Limits::new(
         cfg.client.max_connections,
         cfg.client.header_timeout,

@@ -298,3 +298,24 @@ def test_connect_is_refused(sidecar, upstream):
                                                 "--request-target", "api.github.com:443"])
     assert code in (400, 405), body
     assert upstream.since(m) == []
+
+
+def test_a_port_in_use_is_a_clear_error_before_listening(bin_path, workdir, tokenizer):
+    import socket
+
+    from stack import start_sidecar
+
+    with socket.socket() as busy:
+        # Bound, not listening: the port is taken, yet nothing answers a connect (so the test
+        # cannot mistake it for the sidecar).
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        try:
+            start_sidecar(bin_path, workdir, tokenizer, name="sidecar-port-busy", port=port)
+        except RuntimeError as e:
+            out = str(e)
+        else:
+            raise AssertionError("the sidecar started on a port in use")
+    assert "exited with 1" in out, out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "in use" in out, out
+    assert "listening on" not in out, out
