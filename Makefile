@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test
+.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test deploy-fly
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,11 @@ bench: build
 ## docs/soak.md. SOAK_ARGS='--duration 60 --clients 200 --no-write' for a quick run.
 soak: build
 	python3 bench/soak.py $(SOAK_ARGS)
+
+## Deploy to Fly.io: the sidecar and the example shell in one Machine, then its self-test
+## (docs/deploy-fly.md). FLY_ARGS="--org my-org" (also --targets FILE, --instance ID, --dry-run).
+deploy-fly: build
+	PROXYPILOT=$(BIN) scripts/fly-deploy.sh $(FLY_ARGS)
 
 ## Build the container image around a binary built here (PROXYPILOT_BIN, default the release
 ## build) and run it as it ships: non-root on 443, health check, one proxied request. Needs root,
