@@ -125,26 +125,6 @@ def make_pki(d):
     return harness.make_pki(d, HOSTS, label="proxypilot soak")
 
 
-SIDECAR_YAML = """\
-version: 1
-threads: 1
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-proxypilot:
-  listen: ["127.0.0.1:{port}"]
-  ca:
-    cert: {ca_dir}/ca.pem
-    key: {ca_dir}/ca-key.pem
-  tokenizer:
-    url: http://127.0.0.1:{tokenizer_port}
-  routes:
-    - host: api.github.com
-      secret_env: PP_SEALED_GITHUB
-    - host: api.anthropic.com
-      secret_env: PP_SEALED_ANTHROPIC
-    - host: api.openai.com
-      secret_env: PP_SEALED_OPENAI
-"""
 
 
 class Stack:
@@ -197,8 +177,9 @@ class Stack:
         d.mkdir()
         self.port = free_port()
         conf = d / "proxy.yaml"
-        conf.write_text(SIDECAR_YAML.format(port=self.port, ca_dir=d / "ca",
-                                            tokenizer_port=tok_port))
+        conf.write_text(harness.sidecar_yaml(self.port, d / "ca",
+                                             f"http://127.0.0.1:{tok_port}", threads=1,
+                                             both_loopbacks=False))
         self.sealed = env
         self.sidecar = self.start("sidecar", [self.bin, "serve", "-c", str(conf)], env)
         wait_port(self.port, self.sidecar, tls=True)

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_proxy::{FailToProxy, Session};
 
 /// Refuse a request with `status` and a reason the client may read.
 pub fn refuse<T>(status: u16, reason: impl Into<String>) -> Result<T> {
@@ -78,6 +78,24 @@ pub fn no_empty_last_chunk(body: &mut Option<Bytes>, end_of_stream: bool) {
     if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
         *body = None;
     }
+}
+
+/// The one error path of both proxies' `fail_to_proxy`: the status and short reason for `e`
+/// (`what` names the upstream), written to the client unless a response already began. The
+/// connection is not reused after an error, so the answer says `Connection: close`; a pooled
+/// client (the sidecar, in front of the tokenizer) then never keeps a connection that is about
+/// to close. Returns pingora's answer and the reason for the request's log line.
+pub async fn fail(session: &mut Session, e: &Error, what: &str) -> (FailToProxy, String) {
+    session.set_keepalive(None);
+    let (code, reason) = status_and_reason(e, what);
+    if code > 0 {
+        send_error(session, code, &reason).await;
+    }
+    let answer = FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    };
+    (answer, reason)
 }
 
 /// RFC 9110 §8.6: no Content-Length (nor a body) on 1xx and 204 answers, whatever the upstream

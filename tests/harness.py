@@ -125,6 +125,34 @@ def make_pki(d, names, label="proxypilot test"):
     return d
 
 
+def sidecar_yaml(port, ca_dir, tokenizer_url, threads=2, both_loopbacks=True,
+                 section_extra="", tokenizer_extra=""):
+    """A sidecar config routing the three API hosts to the env vars PP_SEALED_GITHUB,
+    PP_SEALED_ANTHROPIC and PP_SEALED_OPENAI. `section_extra` adds lines to the `proxypilot:`
+    section (indent 2), `tokenizer_extra` to its `tokenizer:` (indent 4)."""
+    listen = f'"127.0.0.1:{port}", "[::1]:{port}"' if both_loopbacks else f'"127.0.0.1:{port}"'
+    return f"""\
+version: 1
+threads: {threads}
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+proxypilot:
+  listen: [{listen}]
+  ca:
+    cert: {ca_dir}/ca.pem
+    key: {ca_dir}/ca-key.pem
+{section_extra}  tokenizer:
+    url: {tokenizer_url}
+{tokenizer_extra}  routes:
+    - host: api.github.com
+      secret_env: PP_SEALED_GITHUB
+    - host: api.anthropic.com
+      secret_env: PP_SEALED_ANTHROPIC
+    - host: api.openai.com
+      secret_env: PP_SEALED_OPENAI
+"""
+
+
 def keygen(bin_path):
     """A fresh tokenizer key pair: (OPEN_KEY, SEAL_KEY) in hex."""
     kv = dict(line.split("=", 1) for line in run([bin_path, "keygen"]).stdout.split())

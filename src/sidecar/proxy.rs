@@ -367,18 +367,10 @@ impl ProxyHttp for SidecarProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        // The connection is not reused after an error: say so in the answer.
-        session.set_keepalive(None);
         let what = format!("tokenizer {}", self.cfg.tokenizer.url);
-        let (code, reason) = reply::status_and_reason(e, &what);
-        if code > 0 {
-            reply::send_error(session, code, &reason).await;
-        }
+        let (answer, reason) = reply::fail(session, e, &what).await;
         ctx.reason = Some(reason);
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        answer
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {

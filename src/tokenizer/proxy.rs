@@ -440,15 +440,9 @@ impl ProxyHttp for Tokenizer {
             Some(t) => format!("upstream {}:{}", t.host, t.port),
             None => "upstream".to_string(),
         };
-        let (code, reason) = reply::status_and_reason(e, &what);
-        if code > 0 {
-            reply::send_error(session, code, &reason).await;
-        }
+        let (answer, reason) = reply::fail(session, e, &what).await;
         ctx.reason = Some(reason);
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        answer
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {

@@ -173,26 +173,7 @@ class Sidecar:
         return int(code or 0), version, body, r
 
 
-SIDECAR_YAML = """\
-version: 1
-threads: 2
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-proxypilot:
-  listen: ["127.0.0.1:{port}", "[::1]:{port}"]
-  ca:
-    cert: {ca_dir}/ca.pem
-    key: {ca_dir}/ca-key.pem
-{section_extra}  tokenizer:
-    url: {tokenizer_url}
-{tokenizer_extra}  routes:
-    - host: api.github.com
-      secret_env: PP_SEALED_GITHUB
-    - host: api.anthropic.com
-      secret_env: PP_SEALED_ANTHROPIC
-    - host: api.openai.com
-      secret_env: PP_SEALED_OPENAI
-"""
+sidecar_yaml = harness.sidecar_yaml
 
 
 def sealed_env(tokenizer):
@@ -217,9 +198,8 @@ def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", p
     port = port or free_port()
     conf = d / "proxy.yaml"
     conf.write_text(
-        SIDECAR_YAML.format(port=port, ca_dir=d / "ca",
-                            tokenizer_url=tokenizer_url or tokenizer.url,
-                            tokenizer_extra=tokenizer_extra, section_extra=section_extra)
+        sidecar_yaml(port, d / "ca", tokenizer_url or tokenizer.url,
+                     tokenizer_extra=tokenizer_extra, section_extra=section_extra)
         + yaml_extra
     )
     env = sealed_env(tokenizer)

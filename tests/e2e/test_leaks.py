@@ -22,7 +22,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stack import (DUMMY, HOSTS, Proc, SIDECAR_YAML, free_port, keygen, read_response,
+from stack import (DUMMY, HOSTS, Proc, free_port, keygen, read_response, sidecar_yaml,
                       seal_raw, wait_port)
 from standin import Standin
 
@@ -148,10 +148,9 @@ def world(bin_path, workdir, pki, upstream):
         sd.mkdir()
         port = free_port()
         conf = sd / "proxy.yaml"
-        conf.write_text(SIDECAR_YAML.format(port=port, ca_dir=sd / "ca",
-                                            tokenizer_url=tokenizer_url,
-                                            tokenizer_extra=tokenizer_extra,
-                                            section_extra=section_extra))
+        conf.write_text(sidecar_yaml(port, sd / "ca", tokenizer_url,
+                                     tokenizer_extra=tokenizer_extra,
+                                     section_extra=section_extra))
         p = w.proc(name, [bin_path, "serve", "-c", str(conf)], env={**sealed, **(env or {})})
         wait_port(port, p)
         return port, sd / "ca" / "ca.pem"

@@ -223,3 +223,16 @@ def test_batch_seal_env_file(bin_path, tmp_path):
     r = run([bin_path, "seal", "--env-file", str(f)], env={"SEAL_KEY": seal_key,
                                                           "GH_TOKEN": "x"}, check=False)
     assert r.returncode != 0 and r.stdout == "" and "ANTHROPIC_API_KEY" in r.stderr
+
+
+def test_refusals_say_connection_close(tokenizer, upstream):
+    """After an error the tokenizer closes the connection; the answer says so, so that a pooled
+    client (the sidecar) never keeps it for the next request."""
+    sealed = run([tokenizer.bin, "seal", "--host", "api.github.com", "--auth-password-env",
+                  "PP_PW"], input="t", env={"SEAL_KEY": tokenizer.seal_key,
+                                            "PP_PW": "s3cret"}).stdout.strip()
+    for headers, status in [({}, 400), ({"Proxy-Tokenizer": sealed}, 407),
+                            ({"Proxy-Tokenizer": sealed + "x"}, 400)]:
+        got, body, h = send(tokenizer, "api.github.com", headers=headers)
+        assert got == status, (got, body)
+        assert h.get("connection", "").lower() == "close", (status, h)
