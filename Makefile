@@ -18,11 +18,11 @@ run: build
 
 ## All tests: unit tests, then end-to-end tests against the real binary on loopback.
 test: build
-	cargo test --release --locked
+	cargo test --profile unit --locked
 	python3 -m pytest -q -p no:cacheprovider tests/e2e
 
 unit: setup
-	cargo test --release --locked
+	cargo test --profile unit --locked
 
 e2e: build
 	python3 -m pytest -q -p no:cacheprovider tests/e2e

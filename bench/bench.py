@@ -6,9 +6,13 @@ and rewrites docs/benchmarks.md. Nothing leaves the machine.
 
     python3 bench/bench.py            # the full run (about 10 minutes)
     python3 bench/bench.py --quick    # a smoke test: short durations, one run
+    python3 bench/bench.py --only isolated --ab OTHER_BINARY --runs 5 --skip-extras --no-write
+                                      # A/B of two builds, sidecar alone (a few minutes)
 
 Processes (all on 127.0.0.1):
 
+    h2load --TLS--> proxypilot serve (threads: N) ---> null tokenizer (nginx return 200,
+    h2load --TLS--> nginx (worker_processes N) -----/   plain HTTP)          [sidecar alone]
     h2load --TLS--> nginx "upstream" (static JSON, cert for api.github.com)         [direct]
     h2load --TLS--> proxypilot serve ---> proxypilot tokenizer --TLS--> upstream     [proxypilot]
     h2load --TLS--> nginx as sidecar ---> same tokenizer --TLS--> upstream           [nginx]
@@ -31,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EXTRAS, ROOT, Settings  # noqa: E402
-from measure import Bench  # noqa: E402
+from measure import Bench, only_keys, wants_chain  # noqa: E402
 from report import markdown, report  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
@@ -45,9 +49,13 @@ def main():
     ap.add_argument("--runs", type=int, help="runs per cell (median reported)")
     ap.add_argument("--rtt-ms", type=float, help="the relay's simulated round trip")
     ap.add_argument("--spares", type=int, help="spares to compare with 0 (if supported)")
-    ap.add_argument("--only", help="comma-separated scenarios: direct, proxypilot, nginx, "
-                    "mitmproxy, relay, null")
-    ap.add_argument("--modes", help="comma-separated client modes (h1,h2,close,serial)")
+    ap.add_argument("--only", help="comma-separated scenarios: isolated (the sidecars alone; "
+                    "alone, it starts no tokenizer, mitmproxy or relay), direct, proxypilot, "
+                    "nginx, mitmproxy, relay, relaytls")
+    ap.add_argument("--modes", help="comma-separated client modes "
+                    "(h1,h2,close,serial,handshakes)")
+    ap.add_argument("--ab", metavar="PATH", help="a second proxypilot binary, run as a third "
+                    "sidecar alone (B) interleaved with the others; the report gives B/A")
     ap.add_argument("--no-mitmproxy", action="store_true")
     ap.add_argument("--skip-extras", action="store_true", help="no memory/SSE/handshake figures")
     ap.add_argument("--extras", help="comma-separated extra figures to run (default all): "
@@ -58,8 +66,8 @@ def main():
         "BENCH_VENV", Path.home() / ".cache" / "proxypilot" / "bench-venv")) / "bin" / "mitmdump"))
     ap.add_argument("--rust-log", default="warn", help="RUST_LOG for proxypilot (default warn)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
-    ap.add_argument("--threads", type=int, default=1, help="the sidecar's worker threads (default 1, "
-                    "as conf/proxy.yaml; nginx runs 2 workers)")
+    ap.add_argument("--threads", type=int, default=1, help="the sidecar's worker threads "
+                    "(default 1, as conf/proxy.yaml); nginx as sidecar runs as many workers")
     ap.add_argument("--pingora", action="append", default=[], metavar="'KEY: VALUE'",
                     help="a top-level (pingora) key for the sidecar's config, e.g. "
                     "'work_stealing: false' (repeatable)")
@@ -74,7 +82,7 @@ def main():
     for tool in ("nginx", "h2load", "openssl"):
         if not shutil.which(tool) and not Path("/usr/sbin", tool).exists():
             sys.exit(f"{tool} is missing: run scripts/bench-setup.sh (make bench does)")
-    if not a.no_mitmproxy and not Path(a.mitmdump).exists():
+    if wants_chain(only_keys(a.only)) and not a.no_mitmproxy and not Path(a.mitmdump).exists():
         sys.exit(f"{a.mitmdump} is missing: run scripts/bench-setup.sh (make bench does)")
     os.environ["PATH"] += ":/usr/sbin"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -89,17 +97,15 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         b.run()
-        table, ratios, extras = report(b, command)
-        print()
-        print(table)
-        print()
-        print(ratios)
-        print()
-        print(extras)
+        sections = report(b, command)  # the sidecar alone first, then A/B, chain, ratios, extras
+        for text in sections:
+            if text:
+                print()
+                print(text)
         if not a.no_write:
             out = Path(a.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(markdown(b, command, table, ratios, extras))
+            out.write_text(markdown(b, command, *sections))
             print(f"wrote {out}")
     finally:
         b.stop_all()

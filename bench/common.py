@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,9 @@ class Settings:
     many_clients: int = 1000  # keep-alive clients for the memory figure
     many_duration: float = 3.0  # requests per client (one a second)
     handshakes: int = 1000  # sequential full handshakes per server
+    handshake_conns: int = 16  # concurrent handshakes, as many as close mode's connections
     mint_restarts: int = 10  # sidecar restarts for the first-handshake estimate
-    null_modes: tuple = ("h1", "h2", "serial")  # modes run against the null tokenizer
+    isolated_modes: tuple = ("h1", "h2", "close", "serial")  # modes run by the isolated sidecars
     tls_relay_modes: tuple = ("h1", "serial")  # modes run through the TLS relay
     tokenizer_conns: int = 16  # client connections for "our tokenizer alone"
     sse_events: int = 50
@@ -88,19 +90,60 @@ def sh(args, input=None, env=None, cwd=None, check=True, timeout=120):
 
 
 # --------------------------------------------------------------------------------------------
-# /proc figures: CPU seconds and resident memory of a process and its children (nginx workers)
+# /proc figures: CPU seconds and memory of a process and its children (nginx workers)
 
 
-# Seconds after the many clients left before RSS is read again: more than the sidecar's heap
-# trim period (memory::TRIM_EVERY, 10 s).
+# Seconds after its many clients left before a proxy's memory is read again, the same for every
+# proxy: more than the sidecar's heap trim period (memory::TRIM_EVERY, 10 s).
 AFTER_LEFT_S = 12
 
 
 cpu_seconds = harness.cpu_seconds
 
+
 def rss_mib(pids, key="VmRSS"):
     """Sum over the processes (shared pages of nginx's workers are counted in each)."""
     return sum(status_kb(p, key) for p in pids) / 1024
+
+
+def pss_mib(pids):
+    """{"pss", "anon"}: PSS and its anonymous part (heap, stacks), MiB, summed over the processes.
+    PSS divides a shared page among its mappers, so nginx's master and workers add up to what
+    they use together; the file-backed rest (the binary, libraries) is also divided with every
+    other process mapping the same files, hence the anonymous part, which is what clients grow."""
+    out = {"pss": 0.0, "anon": 0.0}
+    for p in pids:
+        kb = harness.smaps_rollup_kb(p)
+        out["pss"] += kb.get("Pss", 0) / 1024
+        out["anon"] += kb.get("Pss_Anon", 0) / 1024
+    return out
+
+
+class PeakPss:
+    """The highest PSS of `pids` while the `with` block runs (the sample with the most), read
+    every `every` s in a thread: VmHWM, the kernel's own peak, exists for RSS only."""
+
+    def __init__(self, pids, every=0.2):
+        self.pids, self.every = pids, every
+        self.peak = {"pss": 0.0, "anon": 0.0}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self):
+        while True:
+            now = pss_mib(self.pids)
+            if now["pss"] > self.peak["pss"]:
+                self.peak = now
+            if self.done.wait(self.every):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
 
 
 def reset_peak(pids):
@@ -110,5 +153,3 @@ def reset_peak(pids):
             Path(f"/proc/{p}/clear_refs").write_text("5")
         except OSError:
             pass
-
-

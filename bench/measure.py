@@ -1,6 +1,6 @@
 """The benchmark's measurements: h2load runs in each client mode, a few small clients (one
-request, SSE latency, sequential handshakes), and `Bench`, which runs every scenario against the
-servers and gathers the figures `report` prints."""
+request, SSE latency, sequential and concurrent handshakes), and `Bench`, which runs every
+scenario against the servers and gathers the figures `report` prints."""
 
 import asyncio
 import http.client
@@ -15,12 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from common import (AFTER_LEFT_S, EXTRAS, HOST, REAL_TOKEN, SSE_HOST, Settings, cpu_seconds,
-                    free_port, reset_peak, rss_mib, sh, tree, wait_port)
+from common import (AFTER_LEFT_S, EXTRAS, HOST, REAL_TOKEN, SSE_HOST, PeakPss, Settings,
+                    cpu_seconds, free_port, pss_mib, reset_peak, rss_mib, sh, tree, wait_port)
 from servers import Scenario, Servers
 
 # --------------------------------------------------------------------------------------------
-# Little clients: one HTTPS request, SSE latency, sequential handshakes
+# Little clients: one HTTPS request, SSE latency, handshakes
 
 
 def tls_client_ctx(alpn=("http/1.1",)):
@@ -92,6 +92,39 @@ def handshake_times(port, name, n):
         times.append(time.perf_counter() - t0)
         s.close()
     return times
+
+
+def handshake_load(port, name, conns, seconds):
+    """Full handshakes (new TCP connection, no resumption, closed at once, no request) for
+    `seconds`, `conns` at a time from as many threads: ssl runs the handshake outside the GIL,
+    so the threads keep `conns` handshakes in flight. Returns the wall-clock seconds, each
+    handshake's seconds, and how many failed."""
+    ctx = tls_client_ctx()
+    times, failed = [], []
+    deadline = time.perf_counter() + seconds
+
+    def loop():
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            raw = None
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s = ctx.wrap_socket(raw, server_hostname=name)
+            except OSError:  # ssl.SSLError included
+                if raw:
+                    raw.close()
+                failed.append(1)
+                continue
+            times.append(time.perf_counter() - t0)  # list.append is atomic under the GIL
+            s.close()
+
+    threads = [threading.Thread(target=loop) for _ in range(conns)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0, times, len(failed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,14 +226,38 @@ def pct(sorted_values, q):
 
 
 
+# The scenario names `--only` knows for the chain (client -> sidecar -> our tokenizer ->
+# upstream); "isolated" (or "null", its old name) selects the sidecars alone.
+CHAIN = ("direct", "proxypilot", "nginx", "mitmproxy", "relay", "relaytls")
+
+
+def only_keys(only):
+    """`--only`'s names as a set, None for all."""
+    return None if not only else {"isolated" if k == "null" else k for k in only.split(",")}
+
+
+def wanted(keep, key):
+    """Is scenario `key` selected? A name selects its variants too (relay: relay-spares4)."""
+    return keep is None or key in keep or key.split("-")[0] in keep
+
+
+def wants_chain(keep):
+    """Is any chain scenario selected? If not, no tokenizer, mitmproxy or relay starts."""
+    return keep is None or any(k.split("-")[0] in CHAIN for k in keep)
+
+
 class Bench(Servers):
     def check(self, scn):
-        """Each path must deliver the real token (and no Proxy-Tokenizer) to the upstream."""
+        """Each path must deliver the real token (and no Proxy-Tokenizer) to the upstream; an
+        isolated sidecar must hand the null tokenizer what the others hand ours (no
+        Authorization, the sealed secret, the host), so that both do the same job."""
         status, body = https_get(scn.port, HOST, "/_check",
                                  {"Authorization": "Bearer dummy", "Host": HOST})
         want = f"auth=Bearer {REAL_TOKEN}|tokenizer=|host={HOST}"
         if scn.key == "direct":
             want = f"auth=Bearer dummy|tokenizer=|host={HOST}"
+        elif scn.isolated:
+            want = f"auth=|tokenizer={self.sealed[HOST]}|host={HOST}"
         if status != 200 or body != want:
             raise RuntimeError(f"{scn.label}: /_check gave {status} {body!r}, want {want!r}")
 
@@ -247,30 +304,69 @@ class Bench(Servers):
     def measure(self, scn: Scenario, mode: Mode):
         s = self.s
         pids = tree(scn.pids()) if scn.pids else []
+        # Our tokenizer's CPU too, where the path goes through it.
+        tok = tree(self.tokenizer.pid) if pids and not scn.isolated else []
         reset_peak(pids)
         r, res, (cpu10k, tok10k) = self.timed_load(
-            scn.port, mode.args, [pids, tree(self.tokenizer.pid)], mode.by_count,
+            scn.port, mode.args, [pids, tok], mode.by_count,
             warm_n=max(4 * s.close_conns, int(s.warmup * 150)), log=self.work / "h2load.log")
         res["cpu10k"] = cpu10k if pids else None
-        res["tok10k"] = tok10k if scn.check and scn.key != "direct" else None
+        res["tok10k"] = tok10k if tok else None
         res["hwm"] = rss_mib(pids, "VmHWM") if pids else None
         if r["bad"] or r.get("error") or not r["ok"]:
             (self.logs / "h2load-errors.log").open("a").write(
                 f"--- {scn.key} {mode.key}\n{r['out'][-3000:]}\n")
         return res
 
+    def measure_handshakes(self, scn: Scenario):
+        """Full handshakes only, `handshake_conns` at a time for `duration` (long enough for
+        /proc's CPU ticks, 10 ms): handshakes/s, and the sidecar's CPU per handshake (kept in
+        `cpu10k` as seconds per 10,000, like a request's)."""
+        s = self.s
+        pids = tree(scn.pids())
+        handshake_load(scn.port, HOST, s.handshake_conns, min(s.warmup, 0.5))  # warm-up
+        cpu0 = cpu_seconds(pids)
+        elapsed, times, bad = handshake_load(scn.port, HOST, s.handshake_conns, s.duration)
+        used = cpu_seconds(pids) - cpu0
+        times.sort()
+        n = len(times)
+        return {"rps": n / elapsed, "p50": pct(times, 0.50) * 1000, "p99": pct(times, 0.99) * 1000,
+                "n": n, "bad": bad, "error": None if n else "no handshake succeeded",
+                "cpu10k": used / n * 10000 if n else None, "tok10k": None, "hwm": None}
+
     # -- the run ----------------------------------------------------------------------------------
 
-    def run(self):
+    def isolated_scenarios(self):
+        """The sidecar alone: proxypilot (and --ab's binary) with `threads: N` and nginx with
+        `worker_processes N`, each forwarding with keep-alive to the null tokenizer (a static
+        answer), so that neither waits on our tokenizer."""
+        s = self.s
+        pp, pp_port = self.start_sidecar("isolated-proxypilot", self.null_port)
+        ng, ng_port = self.start_nginx_sidecar("isolated-nginx", self.null_port)
+        note = "sidecar alone: static upstream"
+        scns = [
+            Scenario("isolated-proxypilot", "proxypilot alone", pp_port, pids=lambda: pp.pid,
+                     note=note, modes=s.isolated_modes, isolated=True),
+            Scenario("isolated-nginx", "nginx alone", ng_port, pids=lambda: ng.pid,
+                     note=note, modes=s.isolated_modes, isolated=True),
+        ]
+        if self.bin_b:
+            pb, pb_port = self.start_sidecar("isolated-proxypilot-B", self.null_port,
+                                             binary=self.bin_b)
+            scns.append(Scenario("isolated-proxypilot-B", "proxypilot-B alone", pb_port,
+                                 pids=lambda: pb.pid, note=f"{note}; --ab {self.a.ab}",
+                                 modes=s.isolated_modes, isolated=True))
+        return scns
+
+    def chain_scenarios(self):
+        """The whole path: client -> sidecar -> our tokenizer -> upstream, for proxypilot, nginx
+        and mitmproxy, and proxypilot through the RTT relays."""
         s, a = self.s, self.a
-        t_start = time.time()
-        self.meta["load_before"] = os.getloadavg()
-        self.prepare()
-        self.say(f"workdir {self.work}")
-        self.start_upstream()
+        self.start_sse_upstream()
         self.start_tokenizer()
         pp, pp_port = self.start_sidecar("proxypilot", self.tok_port)
         ng, ng_port = self.start_nginx_sidecar()
+        self.sse_ports = {"direct": self.sse_up_port, "proxypilot": pp_port, "nginx": ng_port}
         scns = [
             Scenario("direct", "direct (client -> upstream)", self.up_port),
             Scenario("proxypilot", "proxypilot", pp_port, pids=lambda: pp.pid),
@@ -278,6 +374,7 @@ class Bench(Servers):
         ]
         if not a.no_mitmproxy:
             mp, mp_port = self.start_mitmproxy()
+            self.sse_ports["mitmproxy"] = mp_port
             scns.append(Scenario("mitmproxy", "mitmproxy as sidecar", mp_port,
                                  pids=lambda: mp.pid))
         relay, relay_port = self.start_relay()
@@ -298,60 +395,69 @@ class Bench(Servers):
                 scns.append(Scenario(
                     name, f"proxypilot via TLS relay (https tokenizer, {s.rtt_ms:g} ms RTT, close)",
                     port, pids=(lambda p=p: p.pid), note=f"spares: {n}", modes=s.tls_relay_modes))
-        if s.null_modes:
-            ppn, ppn_port = self.start_sidecar("proxypilot-null", self.null_port)
-            ngn, ngn_port = self.start_nginx_sidecar("nginx-null", self.null_port)
-            note = "sidecar alone: the tokenizer is replaced by a static answer"
-            scns += [
-                Scenario("null-proxypilot", "proxypilot, null tokenizer", ppn_port,
-                         pids=lambda: ppn.pid, note=note, modes=s.null_modes, check=False),
-                Scenario("null-nginx", "nginx as sidecar, null tokenizer", ngn_port,
-                         pids=lambda: ngn.pid, note=note, modes=s.null_modes, check=False),
-            ]
-        if a.only:
-            keep = set(a.only.split(","))
-            scns = [c for c in scns if c.key in keep or c.key.split("-")[0] in keep]
+        return scns
+
+    def run(self):
+        s, a = self.s, self.a
+        t_start = time.time()
+        self.meta["load_before"] = os.getloadavg()
+        self.prepare()
+        self.say(f"workdir {self.work}")
+        self.start_upstream()
+        self.tokenizer, self.spares, self.sse_ports = None, None, {}
+
+        # The isolated sidecars always start (the handshake figures use them); the chain only
+        # when one of its scenarios is wanted, so that `--only isolated` starts no tokenizer,
+        # mitmproxy or relay.
+        keep = only_keys(a.only)
+        iso_all = self.isolated_scenarios()
+        scns = list(iso_all)
+        self.chain = wants_chain(keep)
+        if self.chain:
+            scns += self.chain_scenarios()
+        scns = [c for c in scns if wanted(keep, c.key)]
         ms = [m for m in modes(s) if not a.modes or m.key in a.modes.split(",")]
+        hs = not a.modes or "handshakes" in a.modes.split(",")
 
         for scn in scns:
             if scn.check:
                 self.check(scn)
-        self.say("every path delivers the real token to the upstream (checked via /_check)")
+        self.say("every path delivers the real token to the upstream, every isolated sidecar "
+                 "the sealed one to the null tokenizer (checked via /_check)")
 
-        # Idle memory: after start and one request, before any load.
-        idle = {}
-        for key, proc in (("proxypilot", pp), ("nginx", ng), ("tokenizer", self.tokenizer)) + (
-                () if a.no_mitmproxy else (("mitmproxy", mp),)):
-            idle[key] = rss_mib(tree(proc.pid))
+        # Idle memory: after start and one request (the check), before any load.
+        idle = {c.key: pss_mib(tree(c.pids())) | {"label": c.label}
+                for c in scns if c.pids and (c.isolated or c.key in ("proxypilot", "nginx",
+                                                                     "mitmproxy"))}
+        if self.tokenizer:
+            idle["tokenizer"] = pss_mib(tree(self.tokenizer.pid)) | {"label": "tokenizer"}
         self.extra["idle"] = idle
 
-        # The load matrix, interleaved: run i of every scenario and mode before run i+1.
+        # The load matrix, interleaved: run i of every scenario and mode before run i+1. The
+        # isolated sidecars take turns at going first, so that none always follows the same one
+        # (what ran just before warms or heats the shared cores).
+        iso = [c for c in scns if c.isolated]
         for i in range(s.runs):
+            turn = iso[i % len(iso):] + iso[:i % len(iso)] if iso else []
             for mode in ms:
-                for scn in scns:
+                for scn in turn + [c for c in scns if not c.isolated]:
                     if scn.modes is not None and mode.key not in scn.modes:
                         continue
-                    r = self.measure(scn, mode)
-                    self.check_alive()
-                    scn.results.setdefault(mode.key, []).append(r)
-                    flag = f" ERRORS={r['bad']}" if r["bad"] else ""
-                    flag += f" ({r['error']})" if r["error"] else ""
-                    self.say(f"run {i + 1}/{s.runs} {mode.key:6} {scn.key:24} "
-                             f"{r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
-                             f"p99 {r['p99']:7.2f} ms{flag}")
+                    self.record(i, scn, mode.key, self.measure(scn, mode))
+            for scn in turn if hs else []:
+                self.record(i, scn, "handshakes", self.measure_handshakes(scn), unit="hs/s")
 
         want = set(EXTRAS if not a.extras else a.extras.split(",")) - (
             set(EXTRAS) if a.skip_extras else set())
         if "memory" in want:
             self.check_alive()
-            self.many_clients([c for c in scns if c.key in ("proxypilot", "nginx", "mitmproxy")])
-        if "sse" in want:
-            self.sse({"direct": self.sse_up_port, "proxypilot": pp_port, "nginx": ng_port,
-                      **({} if a.no_mitmproxy else {"mitmproxy": mp_port})})
+            self.many_clients([c for c in scns if c.key in idle])
+        if "sse" in want and self.chain:
+            self.sse(self.sse_ports)
         self.check_alive()
         if "handshakes" in want:
-            self.handshakes(pp_port, ng_port)
-        if "tokenizer" in want:
+            self.handshakes(iso_all)
+        if "tokenizer" in want and self.chain:
             self.tokenizer_alone()
         if "mint" in want:
             self.mint_estimate()
@@ -360,26 +466,43 @@ class Bench(Servers):
         self.meta["elapsed"] = time.time() - t_start
         self.scns, self.modes = scns, ms
 
+    def record(self, i, scn, mode_key, r, unit="req/s"):
+        self.check_alive()
+        scn.results.setdefault(mode_key, []).append(r)
+        flag = f" ERRORS={r['bad']}" if r["bad"] else ""
+        flag += f" ({r['error']})" if r["error"] else ""
+        cpu = f"  CPU {r['cpu10k'] * 100:6.1f} us" if r["cpu10k"] is not None else ""
+        self.say(f"run {i + 1}/{self.s.runs} {mode_key:10} {scn.key:24} "
+                 f"{r['rps']:9.0f} {unit:5}  p50 {r['p50']:7.2f} ms  "
+                 f"p99 {r['p99']:7.2f} ms{cpu}{flag}")
+
     def many_clients(self, scns):
+        """`many_clients` keep-alive clients through each proxy in turn: its peak PSS while they
+        run (sampled), and its PSS AFTER_LEFT_S after they left, read by a timer so that every
+        proxy gets the same idle time (the next proxy's load runs meanwhile)."""
         out = {}
         n = self.s.many_clients
+        timers = []
         for scn in scns:
             pids = tree(scn.pids())
             reset_peak(pids)
             # Every client keeps its connection and sends one request a second, `many_duration`
             # times (by count: h2load's --rps with -D does not finish).
             per = max(1, int(self.s.many_duration))
-            r = h2load(scn.port, ["--h1", "-c", str(n), "--rps", "1", "-n", str(n * per)],
-                       timeout=self.s.many_duration * 10 + 120)
-            out[scn.key] = {"hwm": rss_mib(pids, "VmHWM"), "pids": pids, "ok": r["ok"],
-                            "bad": r["bad"], "error": r.get("error")}
-            self.say(f"{n} keep-alive clients via {scn.key}: peak RSS {out[scn.key]['hwm']:.1f} "
-                     f"MiB, {r['ok']} ok, {r['bad']} failed")
-        # What each process gives back once the clients are gone: read after proxypilot's
-        # periodic heap trim has had its turn.
-        time.sleep(AFTER_LEFT_S)
-        for v in out.values():
-            v["rss"] = rss_mib(v.pop("pids"))
+            with PeakPss(pids) as peak:
+                r = h2load(scn.port, ["--h1", "-c", str(n), "--rps", "1", "-n", str(n * per)],
+                           timeout=self.s.many_duration * 10 + 120)
+            v = out[scn.key] = {"peak": peak.peak, "hwm": rss_mib(pids, "VmHWM"), "ok": r["ok"],
+                                "bad": r["bad"], "error": r.get("error")}
+            timer = threading.Timer(AFTER_LEFT_S, lambda v=v, pids=pids: v.update(
+                after=pss_mib(pids)))
+            timer.start()
+            timers.append(timer)
+            self.say(f"{n} keep-alive clients via {scn.key}: peak PSS {v['peak']['pss']:.1f} MiB "
+                     f"(anon {v['peak']['anon']:.1f}), peak RSS {v['hwm']:.1f} MiB, "
+                     f"{r['ok']} ok, {r['bad']} failed")
+        for timer in timers:
+            timer.join()
         self.extra["many"] = out
 
     def sse(self, ports):
@@ -450,17 +573,24 @@ class Bench(Servers):
                 for f in ("rps", "p50", "p99", "cpu10k")} | {"bad": sum(x["bad"] for x in v)}
             for k, v in out.items()}
 
-    def handshakes(self, pp_port, ng_port):
+    def handshakes(self, iso):
+        """Full handshakes one at a time against the isolated sidecars (proxypilot's minted and
+        cached leaf, nginx's static certificate), a proxypilot minting on every handshake, and
+        the upstream nginx."""
         n = self.s.handshakes
         out = {}
         # Always-new certificates: a 1 s leaf lifetime is already past its renewal point (leaves
         # are backdated 5 min), so this sidecar mints a fresh leaf for every handshake.
-        mint, mint_port = self.start_sidecar("proxypilot-mint-every", self.tok_port,
+        mint, mint_port = self.start_sidecar("proxypilot-mint-every", self.null_port,
                                              extra="\n  leaf_lifetime: 1s")
-        for key, port in (("proxypilot (minted, cached)", pp_port),
-                          ("proxypilot (new leaf minted every handshake)", mint_port),
-                          ("nginx sidecar (static cert)", ng_port),
-                          ("nginx upstream (static cert)", self.up_port)):
+        ports = {c.key: c.port for c in iso}
+        servers = [("proxypilot (minted, cached)", ports["isolated-proxypilot"]),
+                   ("proxypilot (new leaf minted every handshake)", mint_port),
+                   ("nginx sidecar (static cert)", ports["isolated-nginx"]),
+                   ("nginx upstream (static cert)", self.up_port)]
+        if "isolated-proxypilot-B" in ports:
+            servers[1:1] = [("proxypilot-B (minted, cached)", ports["isolated-proxypilot-B"])]
+        for key, port in servers:
             handshake_times(port, HOST, 20)  # warm-up
             t = sorted(handshake_times(port, HOST, n))
             out[key] = {"p50": pct(t, 0.5) * 1000, "p99": pct(t, 0.99) * 1000,
@@ -481,7 +611,7 @@ class Bench(Servers):
         that name), then the first one for api.github.com mints its leaf; minus a cached one."""
         diffs, firsts = [], []
         for i in range(self.s.mint_restarts):
-            p, port = self.start_sidecar(f"mint-{i}", self.tok_port)
+            p, port = self.start_sidecar(f"mint-{i}", self.null_port)
             handshake_times(port, "localhost", 1)
             first = handshake_times(port, HOST, 1)[0]
             cached = statistics.median(handshake_times(port, HOST, 9))

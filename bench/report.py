@@ -22,7 +22,7 @@ def fmt(v, spec=".1f", none="–"):
     return none if v is None or v != v else format(v, spec)
 
 
-def versions(a):
+def versions(a, mitmproxy=True):
     def first_line(args):
         try:
             r = subprocess.run(args, capture_output=True, text=True, timeout=30)
@@ -37,8 +37,10 @@ def versions(a):
         "proxypilot": first_line([a.bin, "--version"]).replace("proxypilot ", "") + f" (git {rev}"
                       + (", src/ had uncommitted changes)" if dirty.strip() else ")"),
         "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "proxypilot_b": first_line([a.ab, "--version"]).replace("proxypilot ", "")
+                        if a.ab else None,
         "mitmproxy": first_line([a.mitmdump, "--version"]).replace("Mitmproxy: ", "mitmproxy ")
-                     if not a.no_mitmproxy else "mitmproxy not run",
+                     if mitmproxy and not a.no_mitmproxy else "mitmproxy not run",
         "h2load": first_line(["h2load", "--version"]).replace("h2load ", ""),
         "openssl": first_line(["openssl", "version"]),
         "python": platform.python_version(),
@@ -56,58 +58,130 @@ def machine():
             "mem": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"}
 
 
+def ratio(x, y):
+    return x / y if x is not None and y else None
+
+
+def summarize(b):
+    """(scenario key, mode key) -> the median of each figure over the runs, the min and max of
+    req/s, and the errors; "handshakes" is a mode of the isolated sidecars."""
+    summary = {}
+    for c in b.scns:
+        for mode_key, runs in c.results.items():
+            rps = [r["rps"] for r in runs]
+            row = {k: med([r[k] for r in runs]) for k in ("rps", "p50", "p99", "cpu10k", "tok10k")}
+            row["min"], row["max"], row["runs"] = min(rps), max(rps), len(rps)
+            row["hwm"] = max((r["hwm"] for r in runs if r["hwm"] is not None), default=None)
+            row["bad"] = sum(r["bad"] for r in runs)
+            row["errors"] = sorted({r["error"] for r in runs if r["error"]})
+            summary[(c.key, mode_key)] = row
+    return summary
+
+
+def spread(row):
+    return f" ({row['min']:,.0f}–{row['max']:,.0f})" if row["runs"] > 1 else ""
+
+
+def us(row):
+    """CPU µs per request (or handshake) from seconds per 10,000."""
+    return row["cpu10k"] * 100 if row["cpu10k"] is not None else None
+
+
+def pair_rows(b, summary, x, y):
+    """(mode key, short label, row of x, row of y) for each client mode both ran, then the
+    handshakes."""
+    out = []
+    for key, label in [(m.key, m.short) for m in b.modes] + [("handshakes", "full handshakes")]:
+        rx, ry = summary.get((x, key)), summary.get((y, key))
+        if rx and ry:
+            out.append((key, label, rx, ry))
+    return out
+
+
+def pair_table(b, summary, x, y, xname, yname):
+    """Two sidecars side by side, mode by mode, with x/y ratios."""
+    L = [f"| client | {xname} req/s (min–max) | {yname} req/s (min–max) | throughput "
+         f"{xname}/{yname} | {xname} CPU µs/req | {yname} CPU µs/req | CPU {xname}/{yname} | "
+         f"{xname} p50 ms | {yname} p50 ms | errors ({xname} / {yname}) |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, label, rx, ry in pair_rows(b, summary, x, y):
+        if key == "handshakes":  # the same columns, per handshake instead of per request
+            label = (f"full handshakes, {b.s.handshake_conns} at a time (figures per "
+                     "handshake, no request)")
+        errs = f"{rx['bad']} / {ry['bad']}" + "".join(f" ({e})"
+                                                     for e in rx["errors"] + ry["errors"])
+        tput, cpu = ratio(rx["rps"], ry["rps"]), ratio(rx["cpu10k"], ry["cpu10k"])
+        L.append(f"| {label} | {fmt(rx['rps'], ',.0f')}{spread(rx)} | "
+                 f"{fmt(ry['rps'], ',.0f')}{spread(ry)} | {fmt(tput, '.2f')}x | {fmt(us(rx))} | "
+                 f"{fmt(us(ry))} | {fmt(cpu, '.2f')}x | {fmt(rx['p50'], '.2f')} | "
+                 f"{fmt(ry['p50'], '.2f')} | {errs} |")
+    return "\n".join(L) if len(L) > 2 else ""
+
+
+def pair_ratios(b, summary, x, y, what):
+    R = []
+    for key, label, rx, ry in pair_rows(b, summary, x, y):
+        hs = key == "handshakes"
+        R.append(f"- {what} {label}: {'handshakes/s' if hs else 'throughput'} "
+                 f"{fmt(ratio(rx['rps'], ry['rps']), '.2f')}x, "
+                 f"p50 latency {fmt(ratio(rx['p50'], ry['p50']), '.2f')}x, sidecar CPU per "
+                 f"{'handshake' if hs else 'request'} "
+                 f"{fmt(ratio(rx['cpu10k'], ry['cpu10k']), '.2f')}x")
+    return R
+
+
 def report(b, command):
-    """Print the tables; return what docs/benchmarks.md gets. `b` is a finished `measure.Bench`."""
+    """The sections of the report (stdout and docs/benchmarks.md): the isolated table (and the
+    A/B one), the chain table, the ratios and the extras. `b` is a finished `measure.Bench`."""
     s = b.s
-    L = []
-    add = L.append
+    summary = summarize(b)
     by = {c.key: c for c in b.scns}
     direct = by.get("direct")
 
+    iso = pair_table(b, summary, "isolated-proxypilot", "isolated-nginx", "proxypilot", "nginx")
+    if iso:
+        iso = (f"Sidecar alone (same job, same worker count, static upstream): proxypilot "
+               f"(`threads: {b.a.threads}`) and nginx (`worker_processes {b.a.threads}`), both "
+               f"terminating TLS for {HOST}, dropping `Authorization`, adding "
+               "`Proxy-Tokenizer` and forwarding with keep-alive to the null tokenizer (nginx "
+               "`return 200`, plain HTTP). CPU = the sidecar's utime + stime (nginx: master + "
+               f"workers) per request; median of {s.runs} run(s), req/s min–max in brackets.\n\n"
+               + iso)
+    ab = pair_table(b, summary, "isolated-proxypilot-B", "isolated-proxypilot", "B", "A")
+    if ab:
+        ab = (f"A/B, sidecar alone: B = `{b.a.ab}` (sha256 {b.meta.get('bin_b_sha256')}), A = "
+              f"`{b.a.bin}` (sha256 {b.meta['bin_sha256']}), same setup, interleaved in the "
+              "same run.\n\n" + ab)
+
+    L = []
+    add = L.append
     add("| scenario | client | req/s (min–max) | p50 ms | p99 ms | +p50 vs direct ms | "
         "sidecar peak RSS MiB | sidecar CPU s/10k req | tokenizer CPU s/10k req | errors | note |")
     add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    summary = {}
     for mode in b.modes:
         for c in b.scns:
-            runs = c.results.get(mode.key, [])
-            if not runs:
+            row = summary.get((c.key, mode.key))
+            if c.isolated or not row:
                 continue
-            rps = [r["rps"] for r in runs]
-            row = {k: med([r[k] for r in runs]) for k in ("rps", "p50", "p99", "cpu10k", "tok10k")}
-            row["hwm"] = max((r["hwm"] for r in runs if r["hwm"] is not None), default=None)
-            row["bad"] = sum(r["bad"] for r in runs)
-            summary[(c.key, mode.key)] = row
             dp50 = None
-            if direct and direct.results.get(mode.key) and c is not direct:
-                d = med([r["p50"] for r in direct.results[mode.key]])
+            if direct and (direct.key, mode.key) in summary and c is not direct:
+                d = summary[(direct.key, mode.key)]["p50"]
                 dp50 = row["p50"] - d if row["p50"] is not None and d is not None else None
-            spread = f" ({min(rps):,.0f}–{max(rps):,.0f})" if len(rps) > 1 else ""
-            errs = str(row["bad"]) + (" (" + "; ".join(sorted({r["error"] for r in runs
-                                                               if r["error"]})) + ")"
-                                      if any(r["error"] for r in runs) else "")
-            add(f"| {c.label} | {mode.key} | {fmt(row['rps'], ',.0f')}{spread} | {fmt(row['p50'], '.2f')}"
-                f" | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.2f')} | {fmt(row['hwm'])} | "
-                f"{fmt(row['cpu10k'], '.2f')} | {fmt(row['tok10k'], '.2f')} | {errs} | {c.note} |")
-    table = "\n".join(L)
+            errs = str(row["bad"]) + (" (" + "; ".join(row["errors"]) + ")" if row["errors"]
+                                      else "")
+            add(f"| {c.label} | {mode.key} | {fmt(row['rps'], ',.0f')}{spread(row)} | "
+                f"{fmt(row['p50'], '.2f')} | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.2f')} | "
+                f"{fmt(row['hwm'])} | {fmt(row['cpu10k'], '.2f')} | {fmt(row['tok10k'], '.2f')} | "
+                f"{errs} | {c.note} |")
+    table = ("The whole chain (client -> sidecar -> our tokenizer -> upstream), and the "
+             "relays:\n\n" + "\n".join(L)) if len(L) > 2 else ""
 
-    R = []
+    R = pair_ratios(b, summary, "isolated-proxypilot", "isolated-nginx",
+                    "sidecar alone, proxypilot/nginx")
+    R += pair_ratios(b, summary, "isolated-proxypilot-B", "isolated-proxypilot",
+                     "A/B, sidecar alone, B/A")
     for other in ("nginx", "mitmproxy"):
-        for mode in b.modes:
-            p, o = summary.get(("proxypilot", mode.key)), summary.get((other, mode.key))
-            if not (p and o):
-                continue
-            tput = p["rps"] / o["rps"] if o["rps"] else float("nan")
-            lat = p["p50"] / o["p50"] if o["p50"] else float("nan")
-            cpu = (p["cpu10k"] / o["cpu10k"]) if p["cpu10k"] and o["cpu10k"] else float("nan")
-            R.append(f"- proxypilot/{other} {mode.short}: throughput {tput:.2f}x, "
-                     f"p50 latency {lat:.2f}x, sidecar CPU per request {cpu:.2f}x")
-    for mode in b.modes:
-        p, o = summary.get(("null-proxypilot", mode.key)), summary.get(("null-nginx", mode.key))
-        if p and o:
-            R.append(f"- sidecar alone (null tokenizer), proxypilot/nginx {mode.short}: throughput "
-                     f"{p['rps'] / o['rps']:.2f}x, p50 latency {p['p50'] / o['p50']:.2f}x, "
-                     f"sidecar CPU per request {p['cpu10k'] / o['cpu10k']:.2f}x")
+        R += pair_ratios(b, summary, "proxypilot", other, f"proxypilot/{other}")
     for prefix, what in (("relay-spares", "relay"), ("relaytls-spares", "TLS relay")):
         with_spares = [c.key for c in b.scns if c.key.startswith(prefix)]
         if len(with_spares) != 2:
@@ -116,21 +190,30 @@ def report(b, command):
             z, n = summary.get((with_spares[0], mode.key)), summary.get((with_spares[1], mode.key))
             if z and n:
                 R.append(f"- {what} with {with_spares[1][len(prefix):]} spares / without, "
-                         f"{mode.short}: throughput {n['rps'] / z['rps']:.2f}x, p50 "
-                         f"{n['p50']:.2f} ms vs {z['p50']:.2f} ms")
+                         f"{mode.short}: throughput {fmt(ratio(n['rps'], z['rps']), '.2f')}x, "
+                         f"p50 {n['p50']:.2f} ms vs {z['p50']:.2f} ms")
     ratios = "\n".join(R)
 
     X = []
     if "idle" in b.extra:
-        X.append("Memory (RSS, MiB; nginx = master + workers, shared pages counted per process):")
+        many = b.extra.get("many", {})
+        pa = lambda m: f"{m['pss']:.1f} ({m['anon']:.1f})" if m else "–"  # noqa: E731
+        X.append("Memory as PSS, MiB (each shared page divided among the processes mapping it, "
+                 "so nginx's master and workers add up to what they use together); in brackets "
+                 "its anonymous part (heap, stacks), which is what clients grow: the file-backed "
+                 "rest (binary, libraries) is also divided with every other process of the same "
+                 "binary in this run. Peak PSS is sampled every 200 ms; each proxy's "
+                 f"after-load figure is read {AFTER_LEFT_S} s after its own clients left. Peak RSS "
+                 "(VmHWM summed over the processes, shared pages counted in each) for reference.")
         X.append("")
-        X.append("| process | idle (after start + 1 request) | peak with "
-                 f"{s.many_clients} keep-alive clients | {AFTER_LEFT_S} s after they left | "
-                 "requests ok / failed |")
-        X.append("|---|---:|---:|---:|---|")
+        X.append(f"| process | idle PSS MiB (after start + 1 request) | peak PSS MiB with "
+                 f"{s.many_clients} keep-alive clients | PSS MiB {AFTER_LEFT_S} s after they "
+                 "left | peak RSS MiB (VmHWM) | requests ok / failed |")
+        X.append("|---|---:|---:|---:|---:|---|")
         for k, v in b.extra["idle"].items():
-            m = b.extra.get("many", {}).get(k)
-            X.append(f"| {k} | {v:.1f} | {fmt(m and m['hwm'])} | {fmt(m and m['rss'])} | "
+            m = many.get(k)
+            X.append(f"| {v['label']} | {pa(v)} | {pa(m and m['peak'])} | "
+                     f"{pa(m and m.get('after'))} | {fmt(m and m['hwm'])} | "
                      + (f"{m['ok']} / {m['bad']}" + (f" ({m['error']})" if m['error'] else "")
                         if m else "–") + " |")
         X.append("")
@@ -149,7 +232,8 @@ def report(b, command):
         X.append("")
     if "handshakes" in b.extra:
         X.append(f"Full TLS handshakes, one at a time ({s.handshakes} each, new TCP connection, "
-                 f"no resumption, SNI {HOST}, client = Python ssl):")
+                 f"no resumption, SNI {HOST}, client = Python ssl), against the sidecars alone "
+                 "(the same processes as the first table):")
         X.append("")
         X.append("| server | median ms | p99 ms | handshakes/s |")
         X.append("|---|---:|---:|---:|")
@@ -194,12 +278,12 @@ def report(b, command):
                  + (b.extra["ca_bench"] or "not available in this build") + ".")
         X.append("")
     extras = "\n".join(X)
-    return table, ratios, extras
+    return iso, ab, table, ratios, extras
 
 
-def markdown(b, command, table, ratios, extras):
+def markdown(b, command, iso, ab, table, ratios, extras):
     s, a = b.s, b.a
-    v = versions(a)
+    v = versions(a, mitmproxy=b.chain)
     mc = machine()
     lb, la = b.meta["load_before"], b.meta["load_after"]
     quiet = lb[0] < 0.5
@@ -207,6 +291,14 @@ def markdown(b, command, table, ratios, extras):
               f"with `spares: 0` and `spares: {s.spares}`") if b.spares else (
         "Spares: not implemented yet (this binary refuses `proxypilot.tokenizer.spares`); the "
         f"script compares 0 with `--spares {s.spares}` once it does")
+    if not b.chain:
+        spares = "Not run this time (`--only`)"
+    ab_version = (f"; B (`--ab`): proxypilot {v['proxypilot_b']}, binary sha256 "
+                  f"{b.meta['bin_b_sha256']}" if a.ab else "")
+    ab_setup = (f"\n- **A/B**: `--ab {a.ab}` runs that binary as a third sidecar alone (\"B\"), "
+                "interleaved with the others in the same run;\n  the second table compares it "
+                "with the `--bin` binary (\"A\")." if a.ab else "")
+    results = "\n\n".join(x for x in (iso, ab, table, ratios, extras) if x)
     return f"""# Benchmarks
 
 Generated by `make bench` (`bench/bench.py`); rerun it to refresh this file. Do not edit by hand.
@@ -221,7 +313,7 @@ Generated by `make bench` (`bench/bench.py`); rerun it to refresh this file. Do 
   of {s.duration:g} s per cell after {s.warmup:g} s of warm-up, median shown; took
   {b.meta["elapsed"] / 60:.1f} min; load average {lb[0]:.2f} before, {la[0]:.2f} after
 - Machine: {mc["nproc"]} CPUs (`nproc`), {mc["mem"]}, Linux {mc["kernel"]}
-- Versions: proxypilot {v["proxypilot"]}, binary sha256 {b.meta["bin_sha256"]}; {v["nginx"]};
+- Versions: proxypilot {v["proxypilot"]}, binary sha256 {b.meta["bin_sha256"]}{ab_version}; {v["nginx"]};
   {v["mitmproxy"]}; h2load {v["h2load"]}; {v["openssl"]}; Python {v["python"]}
 
 ```
@@ -233,6 +325,15 @@ Generated by `make bench` (`bench/bench.py`); rerun it to refresh this file. Do 
 Everything runs on 127.0.0.1 on this one machine, so the load generator competes with the
 proxies for the same cores: compare rows with each other, not with other machines.
 
+- **Sidecar alone** (the first table): proxypilot (`threads: {a.threads}`) and nginx
+  (`worker_processes {a.threads}`: the same count, `--threads`) do the job they do below (TLS for
+  {HOST}, drop `Authorization`, add `Proxy-Tokenizer`) but forward with keep-alive to a static
+  upstream instead of our tokenizer: nginx answering `return 200` with the same body over plain
+  HTTP (checked first: it must get no `Authorization`, the sealed secret and `Host: {HOST}`).
+  Nothing behind the sidecar limits it, so the table compares the sidecars' own work. CPU µs per
+  request is the sidecar's utime + stime from /proc (nginx: master and workers) during the
+  measured part of a run divided by the responses it gave; the handshake row divides by full
+  TLS handshakes (a new connection each, no request).{ab_setup}
 - **direct**: h2load to the upstream, nginx (1 worker) answering a fixed {len(BODY)}-byte JSON
   body over TLS (ECDSA P-256 certificate for {HOST} from a throwaway CA made with openssl at
   the start of the run), keep-alive on. The limit.
@@ -240,10 +341,11 @@ proxies for the same cores: compare rows with each other, not with other machine
   for the SNI, dropping the dummy `Authorization`, adding `Proxy-Tokenizer`, and sending
   absolute-form requests over pooled HTTP/1.1 to `proxypilot tokenizer` (threads 2), which opens
   the sealed secret, writes the real `Authorization` and forwards over TLS to the upstream.
-- **nginx as sidecar**: nginx (2 workers) with a static certificate, `proxy_set_header
-  Authorization ""`, `Proxy-Tokenizer: <sealed>`, `Host: {HOST}`, origin-form to the same
-  tokenizer with `keepalive 32`, `proxy_http_version 1.1`, `Connection ""`, `proxy_buffering
-  off` (needed for server-sent events).
+- **nginx as sidecar**: nginx (`worker_processes {a.threads}`, as many as the sidecar's
+  threads) with a static certificate, `proxy_set_header Authorization ""`, `Proxy-Tokenizer:
+  <sealed>`, `Host: {HOST}`, origin-form to the same tokenizer with `keepalive 32`,
+  `proxy_http_version 1.1`, `Connection ""`, `proxy_buffering off` (needed for server-sent
+  events).
 - **mitmproxy as sidecar**: `mitmdump --mode reverse:http://TOKENIZER/` with a static
   certificate and `bench/mitm_addon.py` (drops `Authorization`, adds `Proxy-Tokenizer`, sets
   `Host` from the SNI, streams responses).
@@ -256,29 +358,27 @@ proxies for the same cores: compare rows with each other, not with other machine
   (certificate for `localhost` from the bench CA), so the sidecar's tokenizer is
   `https://localhost:PORT` with `ca:` set; a new connection pays one more RTT for TLS 1.3's
   handshake, which a spare has already done.
-- **null tokenizer** rows ({", ".join(s.null_modes) or "not run"}): proxypilot and nginx
-  as above, but their tokenizer is a static answer (nginx, plain HTTP, `return 200` with the
-  same body), so the sidecar alone is measured. In the rows above, our tokenizer (which opens
-  the sealed secret on every request) usually limits throughput for proxypilot and nginx alike.
+- In these chain rows our tokenizer (which opens the sealed secret on every request) usually
+  limits throughput for proxypilot and nginx alike; hence the sidecar-alone table.
 - Every path is checked first: the upstream must see `Authorization: Bearer <real token>`,
   no `Proxy-Tokenizer`, and `Host: {HOST}`.
 
 Client modes (h2load, same request for all: `GET /user`, `Authorization: Bearer dummy`):
 {chr(10).join(f"- **{m.key}**: {m.label}" for m in b.modes)}
+- **handshakes** (sidecars alone): full TLS handshakes for {s.duration:g} s per run,
+  {s.handshake_conns} at a time from Python threads (connect, handshake, close; no resumption,
+  no request)
 
 Figures: req/s = 2xx responses per second; p50/p99 from h2load's per-request log;
 "+p50 vs direct" = p50 minus direct's p50 in the same mode (under load this includes queueing:
 the **serial** row is the per-request cost of the hop); sidecar peak RSS = VmHWM (reset before
 each run, max over runs); CPU = utime + stime from /proc per 10,000 responses (the sidecar
-process, nginx: master + workers; the tokenizer separately).
+process, nginx: master + workers; the tokenizer separately). Every scenario's run i comes
+before any run i+1.
 
 ## Results
 
-{table}
-
-{ratios}
-
-{extras}
+{results}
 """
 
 

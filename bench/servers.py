@@ -1,6 +1,7 @@
-"""The benchmark's servers: nginx (the fast upstream, and nginx doing the sidecar's job),
-the Python SSE upstream, our tokenizer, proxypilot, mitmproxy and the RTT relay, all started on
-loopback by `Servers` (which `measure.Bench` extends with the measurements)."""
+"""The benchmark's servers: nginx (the fast upstream, the static "null tokenizer", and nginx
+doing the sidecar's job), the Python SSE upstream, our tokenizer, proxypilot, mitmproxy and the
+RTT relay, all started on loopback by `Servers` (which `measure.Bench` extends with the
+measurements)."""
 
 import hashlib
 import os
@@ -27,6 +28,7 @@ class Scenario:
     note: str = ""
     modes: tuple = None  # client modes this scenario runs (None: all)
     check: bool = True  # /_check: the upstream must see the real token
+    isolated: bool = False  # in front of the null tokenizer: the sidecar alone
     results: dict = field(default_factory=dict)  # mode key -> list of per-run dicts
 
 
@@ -77,6 +79,14 @@ class Servers:
         self.bin = str(self.work / "bin" / "proxypilot")
         shutil.copy2(src, self.bin)
         self.meta["bin_sha256"] = hashlib.sha256(Path(self.bin).read_bytes()).hexdigest()[:12]
+        self.bin_b = None
+        if self.a.ab:  # the second binary of an A/B comparison, copied for the same reason
+            if not Path(self.a.ab).exists():
+                sys.exit(f"{self.a.ab} (--ab) is missing")
+            self.bin_b = str(self.work / "bin" / "proxypilot-B")
+            shutil.copy2(self.a.ab, self.bin_b)
+            self.meta["bin_b_sha256"] = hashlib.sha256(
+                Path(self.bin_b).read_bytes()).hexdigest()[:12]
 
         pki = self.work / "pki"
         pki.mkdir()
@@ -131,7 +141,8 @@ http {{
         return p
 
     def start_upstream(self):
-        """nginx: the fast HTTPS upstream, plus /_check that echoes what reached it."""
+        """nginx: the fast HTTPS upstream and the null tokenizer, each with /_check that echoes
+        what reached it."""
         port = free_port()
         body = BODY.replace("'", "\\'")
         self.up_port = port
@@ -140,6 +151,10 @@ http {{
   # The null tokenizer: plain HTTP, answers every request itself (isolates the sidecar).
   server {{
     listen 127.0.0.1:{self.null_port};
+    location = /_check {{
+      default_type text/plain;
+      return 200 "auth=$http_authorization|tokenizer=$http_proxy_tokenizer|host=$host";
+    }}
     location / {{ default_type application/json; return 200 '{body}'; }}
   }}
   server {{
@@ -153,7 +168,8 @@ http {{
   }}""", workers=1)
         wait_port(port, self.upstream)
 
-        # The Python upstream for server-sent events (timestamps each event it sends).
+    def start_sse_upstream(self):
+        """The Python upstream for server-sent events (timestamps each event it sends)."""
         ready = self.work / "sse-upstream.port"
         p = self.start("sse-upstream", [
             sys.executable, str(ROOT / "tests" / "e2e" / "upstream.py"),
@@ -206,10 +222,11 @@ proxypilot:
         return {"PP_SEALED_GITHUB": self.sealed[HOST], "PP_SEALED_ANTHROPIC": self.sealed[SSE_HOST],
                 "RUST_LOG": self.a.rust_log}
 
-    def start_sidecar(self, name, tokenizer_port, spares=None, extra="", tls=False):
+    def start_sidecar(self, name, tokenizer_port, spares=None, extra="", tls=False, binary=None):
         port = free_port()
         conf = self.sidecar_yaml(name, port, tokenizer_port, spares, extra, tls)
-        p = self.start(name, [self.bin, "serve", "-c", str(conf)], env=self.sidecar_env())
+        p = self.start(name, [binary or self.bin, "serve", "-c", str(conf)],
+                       env=self.sidecar_env())
         wait_port(port, p)
         return p, port
 
@@ -242,7 +259,7 @@ proxypilot:
       proxy_read_timeout 600s;
     }}
   }}""")
-        p = self.nginx(name, "\n".join(blocks), workers=2)
+        p = self.nginx(name, "\n".join(blocks), workers=self.a.threads)
         wait_port(port, p)
         return p, port
 

@@ -206,6 +206,26 @@ def rss_kib(pid):
     return status_kb(pid, "VmRSS")
 
 
+def smaps_rollup_kb(pid):
+    """The `kB` figures of /proc/PID/smaps_rollup (Rss, Pss, Pss_Anon, Pss_File, ...), empty if
+    the process is gone."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def pss_kib(pid):
+    """Proportional set size: each shared page divided among the processes mapping it, so that
+    unlike VmRSS it can be summed over nginx's master and workers."""
+    return smaps_rollup_kb(pid).get("Pss", 0)
+
+
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -160,9 +160,10 @@ impl TlsAccept for TlsCallbacks {
                 return;
             }
         };
+        // The leaf alone: the CA is the client's trust anchor, so sending it too only made
+        // every client parse one more certificate per handshake.
         let set = ext::ssl_use_certificate(ssl, &leaf.cert)
-            .and_then(|_| ext::ssl_use_private_key(ssl, &leaf.key))
-            .and_then(|_| ext::ssl_add_chain_cert(ssl, &self.store.ca().x509));
+            .and_then(|_| ext::ssl_use_private_key(ssl, &leaf.key));
         if let Err(e) = set {
             log::error!("cannot install the certificate for {sni:?}: {e}");
         }

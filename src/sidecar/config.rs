@@ -162,6 +162,8 @@ pub struct Tokenizer {
 /// One routed host. Built once at start; the request path only reads it.
 pub struct Route {
     pub host: String,
+    /// `host` as the `Host` header value sent to the tokenizer.
+    pub host_header: HeaderValue,
     /// The complete `Proxy-Tokenizer` value (marked sensitive).
     pub proxy_tokenizer: HeaderValue,
     /// Lower-case header names removed from the client's request.
@@ -373,6 +375,8 @@ fn make_route(
     all.dedup();
     Ok(Route {
         host: host.to_string(),
+        host_header: HeaderValue::from_str(host)
+            .map_err(|_| "the host is not a valid header value".to_string())?,
         proxy_tokenizer,
         strip: all,
     })

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::metrics;
 
@@ -224,7 +224,11 @@ struct Deadlines {
     /// line and bare LFs across reads.
     started: bool,
     tail: [u8; 3],
-    timer: Option<Pin<Box<Sleep>>>,
+    /// When the current wait ends (None: no deadline now, a request is being served).
+    deadline: Option<Instant>,
+    /// One timer per connection, made the first time a read waits and then moved to the
+    /// current `deadline` only when a read would wait again (with the instant it is set to).
+    timer: Option<(Pin<Box<Sleep>>, Instant)>,
 }
 
 /// Largest request header (request line and fields) an HTTP/1 client may send; HTTP/2 clients
@@ -280,8 +284,26 @@ impl Deadlines {
             header_done: false,
             started: false,
             tail: [0; 3],
+            deadline: Some(Instant::now() + idle_timeout),
             timer: None,
         }
+    }
+
+    /// Poll the timer for the current deadline (a header wait with none gets the header
+    /// deadline): ready when it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let header_timeout = self.header_timeout;
+        let at = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + header_timeout);
+        let (timer, timer_at) = self
+            .timer
+            .get_or_insert_with(|| (Box::pin(tokio::time::sleep_until(at)), at));
+        if *timer_at != at {
+            timer.as_mut().reset(at);
+            *timer_at = at;
+        }
+        timer.as_mut().poll(cx)
     }
 
     /// Look at newly read header bytes: find the header's end (an empty line), refuse a bare
@@ -321,11 +343,8 @@ impl Guarded {
     fn new(inner: Stream, limits: &Limits) -> Self {
         let digest = inner.get_ssl_digest();
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        let deadlines = (!h2 && state_of(digest.as_ref()).is_some()).then(|| {
-            let mut d = Deadlines::new(limits.header_timeout, limits.idle_timeout);
-            d.timer = Some(Box::pin(tokio::time::sleep(limits.idle_timeout)));
-            d
-        });
+        let deadlines = (!h2 && state_of(digest.as_ref()).is_some())
+            .then(|| Deadlines::new(limits.header_timeout, limits.idle_timeout));
         Guarded {
             inner,
             digest,
@@ -401,7 +420,7 @@ impl AsyncRead for Guarded {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         };
         if state.in_request.load(Ordering::Acquire) {
-            d.timer = None;
+            d.deadline = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let done = state.requests_done.load(Ordering::Acquire);
@@ -413,11 +432,11 @@ impl AsyncRead for Guarded {
             d.header_done = false;
             d.started = false;
             d.tail = [0; 3];
-            d.timer = Some(Box::pin(tokio::time::sleep(d.idle_timeout)));
+            d.deadline = Some(Instant::now() + d.idle_timeout);
         }
         if d.header_done {
             // The header is whole; pingora is about to start the request.
-            d.timer = None;
+            d.deadline = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
@@ -427,25 +446,22 @@ impl AsyncRead for Guarded {
                 if !new.is_empty() && !d.header_started {
                     // The first byte of a request header: it must all arrive in time.
                     d.header_started = true;
-                    d.timer = Some(Box::pin(tokio::time::sleep(d.header_timeout)));
+                    d.deadline = Some(Instant::now() + d.header_timeout);
                 }
                 if let Err(why) = d.scan(new) {
                     return this.refuse(cx, why);
                 }
                 if d.header_done {
-                    d.timer = None;
+                    d.deadline = None;
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let timer = d
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d.header_timeout)));
-                if timer.as_mut().poll(cx).is_pending() {
+                if d.poll_deadline(cx).is_pending() {
                     return Poll::Pending;
                 }
-                d.timer = None;
+                d.deadline = None;
                 if d.header_started {
                     this.refuse(cx, Refusal::TooSlow)
                 } else {

@@ -310,7 +310,11 @@ impl ProxyHttp for SidecarProxy {
     ) -> Result<()> {
         let route = ctx.route.as_ref().expect("request_filter sets the route");
         for h in &route.strip {
-            req.remove_header(h.as_str());
+            // Most requests carry one of these at most: look before removing (a removal also
+            // searches pingora's case-preserving name map).
+            if req.headers.contains_key(h.as_str()) {
+                req.remove_header(h.as_str());
+            }
         }
         let pq = req
             .uri
@@ -320,7 +324,7 @@ impl ProxyHttp for SidecarProxy {
             .unwrap_or("/");
         let target = format!("http://{}{}", route.host, pq);
         req.set_raw_path(target.as_bytes())?;
-        req.insert_header(http::header::HOST, route.host.as_str())?;
+        req.insert_header(http::header::HOST, route.host_header.clone())?;
         req.insert_header("Proxy-Tokenizer", route.proxy_tokenizer.clone())?;
         let t = &self.cfg.tokenizer;
         if let Some(auth) = &t.proxy_authorization {
@@ -399,9 +403,9 @@ impl ProxyHttp for SidecarProxy {
             .started
             .map(|s| s.elapsed().as_secs_f64())
             .unwrap_or(0.0);
-        metrics::REQUESTS
-            .with_label_values(&[route, &status.to_string()])
-            .inc();
+        let code = http::StatusCode::from_u16(status).ok();
+        let code = code.as_ref().map_or("0", |c| c.as_str());
+        metrics::REQUESTS.with_label_values(&[route, code]).inc();
         metrics::REQUEST_SECONDS
             .with_label_values(&[route])
             .observe(secs);
