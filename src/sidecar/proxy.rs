@@ -216,8 +216,12 @@ impl ProxyHttp for SidecarProxy {
             );
         }
         if session.get_keepalive().is_some() {
-            // Between requests pingora waits this long too (its default is 60 s).
-            session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+            // Keep-alive without a pingora timer of its own: the connection guard
+            // (`conn::Guarded`) already ends an idle HTTP/1 connection after
+            // `client_idle_timeout` and bounds the next header by `client_header_timeout`. A
+            // pingora keep-alive timeout is one more timer (over 30 s, a tokio one: allocated,
+            // registered and cancelled) for every request.
+            session.set_keepalive(Some(0));
         }
         let method = &session.req_header().method;
         if method == http::Method::CONNECT {
