@@ -5,6 +5,7 @@
 //! sidecar/     proxypilot serve: config, CA + minting, client connection limits, proxy phases
 //! tokenizer/   proxypilot tokenizer: config, proxy phases, authorize, processors, Fly-Src
 //! secret, sealing, host, resolve, trust, reply, timeouts   shared by both
+//! policy       method/path rules (the sidecar's per-route allow/deny)
 //! cli/         one file per subcommand, thin dispatch
 //! logging, memory                                          process-wide setup
 //! ```
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod host;
 pub mod logging;
 pub mod memory;
+pub mod policy;
 pub mod reply;
 pub mod resolve;
 pub mod sealing;

@@ -9,6 +9,8 @@
 
 use http::HeaderValue;
 use serde::Deserialize;
+
+use crate::policy::{Policy, Rule};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,6 +139,12 @@ struct FileRoute {
     params: BTreeMap<String, String>,
     #[serde(default)]
     strip_headers: Vec<String>,
+    /// Method/path rules (`crate::policy`): with any, one must match.
+    #[serde(default)]
+    allow: Vec<String>,
+    /// Method/path rules: a match refuses the request.
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 // ---------- runtime types ----------
@@ -168,6 +176,8 @@ pub struct Route {
     pub proxy_tokenizer: HeaderValue,
     /// Lower-case header names removed from the client's request.
     pub strip: Vec<String>,
+    /// Which methods and paths may go out (None: all).
+    pub policy: Option<Policy>,
 }
 
 impl std::fmt::Debug for Route {
@@ -176,6 +186,7 @@ impl std::fmt::Debug for Route {
             .field("host", &self.host)
             .field("proxy_tokenizer", &"<sealed>")
             .field("strip", &self.strip)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -379,6 +390,7 @@ fn make_route(
             .map_err(|_| "the host is not a valid header value".to_string())?,
         proxy_tokenizer,
         strip: all,
+        policy: None,
     })
 }
 
@@ -577,7 +589,18 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
             header_names(&r.strip_headers)
                 .map_err(|e| w.err(&format!("{key}.strip_headers"), e))?,
         );
-        let route = make_route(&host, sealed, r.params, strip).map_err(|e| w.err(&key, e))?;
+        let mut route = make_route(&host, sealed, r.params, strip).map_err(|e| w.err(&key, e))?;
+        let rules = |name: &str, texts: &[String]| -> Result<Vec<Rule>, String> {
+            let parse = |(j, t): (usize, &String)| {
+                Rule::parse(t).map_err(|e| w.err(&format!("{key}.{name}[{j}]"), e))
+            };
+            texts.iter().enumerate().map(parse).collect()
+        };
+        let policy = Policy {
+            allow: rules("allow", &r.allow)?,
+            deny: rules("deny", &r.deny)?,
+        };
+        route.policy = (!policy.is_empty()).then_some(policy);
         if routes.insert(host.clone(), Arc::new(route)).is_some() {
             return Err(w.err(&format!("{key}.host"), format!("{host} is routed twice")));
         }

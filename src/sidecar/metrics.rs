@@ -38,6 +38,16 @@ pub static HANDSHAKES_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static POLICY_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "proxypilot_policy_refused_total",
+        "Requests refused by a route's method/path policy, by route host and rule (the rule's \
+         text from the configuration, no_allow_rule or bad_path)",
+        &["route", "rule"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CERTS_MINTED: Lazy<IntCounter> = Lazy::new(|| {
     register_int_counter!(
         "proxypilot_certificates_minted_total",

@@ -10,7 +10,8 @@
 //!
 //! Phases, in the order a request meets them:
 //! ```text
-//! request_filter          SNI + Host pinning -> route (stored in ctx), or 421; localhost answers
+//! request_filter          SNI + Host pinning -> route (stored in ctx), or 421; localhost answers;
+//!                         the route's method/path policy, or 403 naming the rule
 //! upstream_peer           the tokenizer (address resolved asynchronously, cached)
 //! upstream_request_filter strip client credentials, absolute-form target, Host, Proxy-Tokenizer
 //! fail_to_proxy           the one error path: status + short reason
@@ -266,6 +267,16 @@ impl ProxyHttp for SidecarProxy {
         match self.cfg.routes.get(&sni) {
             Some(route) => {
                 ctx.route = Some(route.clone());
+                if let Some(policy) = &route.policy {
+                    // The path judged is the one forwarded (upstream_request_filter).
+                    let req = session.req_header();
+                    if let Err(r) = policy.check(req.method.as_str(), req.uri.path()) {
+                        metrics::POLICY_REFUSED
+                            .with_label_values(&[&route.host, &r.label])
+                            .inc();
+                        return refuse(r.status, r.reason);
+                    }
+                }
                 Ok(false)
             }
             None => refuse(421, format!("Misdirected Request: {sni:?} is not routed")),

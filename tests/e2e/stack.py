@@ -187,21 +187,26 @@ def sealed_env(tokenizer):
 
 
 def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None,
-                  tokenizer_extra="", section_extra="", env_extra=None, tokenizer_url=None):
+                  tokenizer_extra="", section_extra="", env_extra=None, tokenizer_url=None,
+                  route_extra=None):
     """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port).
 
     `section_extra` adds lines to the `proxypilot:` section (indent 2), `tokenizer_extra` to its
-    `tokenizer:` (indent 4); `tokenizer_url` points it elsewhere than `tokenizer` (a stand-in),
-    whose key still seals the routes' secrets."""
+    `tokenizer:` (indent 4), `route_extra` ({host: lines}) to a route (indent 6);
+    `tokenizer_url` points it elsewhere than `tokenizer` (a stand-in), whose key still seals
+    the routes' secrets."""
     d = workdir / name
     d.mkdir(exist_ok=True)
     port = port or free_port()
     conf = d / "proxy.yaml"
-    conf.write_text(
-        sidecar_yaml(port, d / "ca", tokenizer_url or tokenizer.url,
-                     tokenizer_extra=tokenizer_extra, section_extra=section_extra)
-        + yaml_extra
-    )
+    text = sidecar_yaml(port, d / "ca", tokenizer_url or tokenizer.url,
+                        tokenizer_extra=tokenizer_extra, section_extra=section_extra)
+    for host, lines in (route_extra or {}).items():
+        head = f"    - host: {host}\n"
+        at = text.index(head) + len(head)
+        at = text.index("\n", at) + 1  # after the route's secret line
+        text = text[:at] + "".join(f"      {line}\n" for line in lines) + text[at:]
+    conf.write_text(text + yaml_extra)
     env = sealed_env(tokenizer)
     env.update(env_extra or {})
     p = Proc(name, [bin_path, "serve", "-c", str(conf)], env=env, log_dir=workdir)

@@ -19,6 +19,7 @@ def port_busy(port):
 @pytest.mark.parametrize("conf,envs", [
     ("conf/proxy.yaml", ["GH_TOKEN", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"]),
     ("conf/local.yaml", ["PP_SEALED_GITHUB", "PP_SEALED_ANTHROPIC", "PP_SEALED_OPENAI"]),
+    ("conf/github-readonly.yaml", ["GH_TOKEN", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"]),
 ])
 def test_example_configs_validate(bin_path, tokenizer, conf, envs):
     env = {e: tokenizer.seal("t", "--host", "x.example") for e in envs}

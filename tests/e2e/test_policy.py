@@ -1,0 +1,109 @@
+"""Per-route method/path policy in the sidecar (`allow:`/`deny:` on a route): an allowed request
+goes out with the real token; a refused one gets 403 naming the rule (400 for an ambiguous
+path), is counted and logged, and nothing of it reaches the tokenizer or the upstream."""
+
+import re
+import time
+
+import pytest
+
+from stack import DUMMY, REAL, headers_of, run, start_sidecar
+
+DENY = "* /repos/*/secret/**"
+RULES = {"api.github.com": [
+    'allow: ["GET,HEAD /**", "POST /repos/*/*/issues"]',
+    f'deny: ["{DENY}"]',
+]}
+
+
+@pytest.fixture(scope="module")
+def psidecar(bin_path, workdir, tokenizer):
+    s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-policy", route_extra=RULES)
+    yield s
+    s.proc.stop()
+
+
+def call(s, method, path, http="--http1.1", host="api.github.com"):
+    how = ["-I"] if method == "HEAD" else ["-X", method]  # curl -X HEAD would wait for a body
+    return s.curl(path, host=host, extra=[http, "--path-as-is", *how,
+                                          "-H", f"Authorization: Bearer {DUMMY}"])
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_allowed_requests_carry_the_real_token(psidecar, upstream, http):
+    for method, path in (("GET", "/repos/o/r"), ("HEAD", "/user"),
+                         ("POST", "/repos/o/r/issues")):
+        m = upstream.mark()
+        code, _, body, _ = call(psidecar, method, path, http)
+        assert code == 200, (method, path, body)
+        e = upstream.wait_since(m)[0]
+        assert (e["method"], e["path"]) == (method, path)
+        assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"]
+
+
+REFUSED = [  # method, path, status, what the answer names
+    ("DELETE", "/repos/o/r", 403, "no allow rule matches DELETE"),
+    ("POST", "/repos/o/r/pulls", 403, "no allow rule matches POST"),
+    ("GET", "/repos/o/secret/x", 403, f'deny rule "{DENY}"'),
+    ("GET", "/REPOS/O/SECRET", 403, f'deny rule "{DENY}"'),  # upstreams ignore the case
+    ("GET", "/repos/o/secre%74/x", 403, f'deny rule "{DENY}"'),  # and decode %-escapes
+    ("GET", "/repos/o/x/../secret/y", 400, "dot segment"),
+    ("GET", "/repos/o/x/%2e%2e/secret/y", 400, "dot segment"),
+    ("GET", "/repos/o%2fsecret/y", 400, "encoded / or %"),
+    ("GET", "/repos//o/secret", 400, "empty path segment"),
+]
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+@pytest.mark.parametrize("method,path,status,names", REFUSED)
+def test_refused_requests_name_the_rule_and_reach_nothing(psidecar, upstream, http, method,
+                                                          path, status, names):
+    m = upstream.mark()
+    code, _, body, _ = call(psidecar, method, path, http)
+    assert code == status, body
+    assert names in body, body
+    time.sleep(0.2)
+    assert upstream.since(m) == [], "a refused request reached the upstream"
+
+
+def test_refusals_are_counted_and_logged(psidecar):
+    call(psidecar, "DELETE", "/repos/o/secret/x")
+    call(psidecar, "DELETE", "/repos/o/r")
+    code, _, body, _ = psidecar.curl("/metrics", host="localhost")
+    assert code == 200
+    for rule in (DENY, "no_allow_rule"):
+        pattern = (r'^proxypilot_policy_refused_total\{route="api.github.com",rule="'
+                   + re.escape(rule) + r'"\} (\d+)')
+        m = re.search(pattern, body, re.M)
+        assert m and int(m.group(1)) >= 1, (rule, body[-3000:])
+    log = psidecar.proc.output()
+    assert "DELETE api.github.com/repos/o/secret/x" in log and "deny rule" in log, log[-2000:]
+
+
+def test_other_routes_are_not_limited(psidecar, upstream):
+    m = upstream.mark()
+    code, _, body, _ = call(psidecar, "DELETE", "/v1/files/x", host="api.openai.com")
+    assert code == 200, body
+    assert upstream.wait_since(m)[0]["method"] == "DELETE"
+
+
+@pytest.mark.parametrize("rule,problem", [
+    ('allow: ["GET repos/**"]', "must start with /"),
+    ('allow: ["FETCH"]', "want"),
+    ('deny: ["GET /a/../b"]', ". or .. segments"),
+    ('allow: ["POST /graphql query"]', "GraphQL operation types are not supported yet"),
+])
+def test_a_bad_rule_is_a_config_error_naming_the_key(bin_path, workdir, tokenizer, rule,
+                                                     problem):
+    from stack import sealed_env, sidecar_yaml
+    d = workdir / "policy-bad"
+    d.mkdir(exist_ok=True)
+    text = sidecar_yaml(1, d / "ca", tokenizer.url).replace(
+        "      secret_env: PP_SEALED_GITHUB\n",
+        f"      secret_env: PP_SEALED_GITHUB\n      {rule}\n")
+    conf = d / "proxy.yaml"
+    conf.write_text(text)
+    r = run([bin_path, "serve", "-t", "-c", str(conf)], env=sealed_env(tokenizer), check=False)
+    assert r.returncode != 0
+    key = "proxypilot.routes[0]." + rule.split(":")[0] + "[0]"
+    assert str(conf) in r.stderr and key in r.stderr and problem in r.stderr, r.stderr
