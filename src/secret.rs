@@ -13,6 +13,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::host;
+use crate::policy::{Policy, Refusal};
 use crate::sealing::Params;
 
 /// Processors that exist in the reference tokenizer but are not implemented here.
@@ -73,6 +74,10 @@ pub struct SealSpec {
     pub apps: Vec<String>,
     pub instances: Vec<String>,
     pub password: Option<Zeroizing<String>>,
+    /// Method/path rules sealed with the token (`--allow`/`--deny`); with any, the secret uses
+    /// `proxypilot_inject_processor`, which only this tokenizer accepts.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 /// Go encodes `[]byte` as standard base64; this wraps such a field.
@@ -126,6 +131,20 @@ pub struct InjectProcessor {
     pub fmt_dst: FmtDst,
 }
 
+/// An `inject_processor` with method/path rules ([`crate::policy`]) that only this tokenizer
+/// enforces. Under its own key on purpose: the reference tokenizer ignores keys it does not
+/// know, so it finds no processor in such a secret and refuses it, rather than using the token
+/// without its rules.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RulesInjectProcessor {
+    #[serde(flatten)]
+    pub inject: InjectProcessor,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InjectHmacProcessor {
     #[serde(default)]
@@ -170,6 +189,8 @@ pub struct FlySrcAuth {
 pub struct Secret {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_processor: Option<InjectProcessor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxypilot_inject_processor: Option<RulesInjectProcessor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_hmac_processor: Option<InjectHmacProcessor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +240,8 @@ pub struct Checked {
     pub auth: Auth,
     pub allowed_hosts: Option<Vec<String>>,
     pub allowed_host_pattern: Option<regex::Regex>,
+    /// Method/path rules sealed with the token (None: any request).
+    pub rules: Option<Policy>,
 }
 
 #[derive(Clone)]
@@ -252,9 +275,22 @@ impl Secret {
         }
         fd.apply_fmt(&Default::default(), FmtArg::Str("t"))
             .map_err(|_| format!("--fmt {:?}: needs exactly one %s", fd.fmt))?;
-        let mut s = Secret {
-            inject_processor: Some(InjectProcessor { token, fmt_dst: fd }),
-            ..Default::default()
+        let inject = InjectProcessor { token, fmt_dst: fd };
+        let rules = Policy::parse(&spec.allow, &spec.deny).map_err(|e| format!("--{e}"))?;
+        let mut s = if rules.is_empty() {
+            Secret {
+                inject_processor: Some(inject),
+                ..Default::default()
+            }
+        } else {
+            Secret {
+                proxypilot_inject_processor: Some(RulesInjectProcessor {
+                    inject,
+                    allow: spec.allow.clone(),
+                    deny: spec.deny.clone(),
+                }),
+                ..Default::default()
+            }
         };
         let fly = !(spec.orgs.is_empty() && spec.apps.is_empty() && spec.instances.is_empty());
         match (&spec.password, fly) {
@@ -306,6 +342,18 @@ impl Secret {
         let mut processors = Vec::new();
         if let Some(p) = self.inject_processor {
             processors.push(Processor::Inject(p));
+        }
+        let mut rules = None;
+        if let Some(p) = self.proxypilot_inject_processor {
+            let policy = Policy::parse(&p.allow, &p.deny)
+                .map_err(|e| bad(format!("bad secret: proxypilot_inject_processor.{e}")))?;
+            if policy.is_empty() {
+                return Err(bad(
+                    "bad secret: proxypilot_inject_processor without allow or deny rules",
+                ));
+            }
+            rules = Some(policy);
+            processors.push(Processor::Inject(p.inject));
         }
         if let Some(p) = self.inject_hmac_processor {
             processors.push(Processor::Hmac(p));
@@ -367,6 +415,7 @@ impl Secret {
                 .allowed_hosts
                 .map(|hosts| hosts.iter().map(|h| host::normalize(h)).collect()),
             allowed_host_pattern,
+            rules,
         })
     }
 }
@@ -389,6 +438,15 @@ impl Checked {
             }
         }
         Ok(())
+    }
+
+    /// The rules sealed with the token, for the request as it is forwarded (`path` without
+    /// the query).
+    pub fn validate_request(&self, method: &str, path: &str) -> Result<(), Refusal> {
+        match &self.rules {
+            Some(rules) => rules.check(method, path),
+            None => Ok(()),
+        }
     }
 
     /// Non-secret parts only, for logs: processor kind, dst/fmt, auth kind, validators. A
@@ -425,6 +483,16 @@ impl Checked {
         }
         if let Some(p) = &self.allowed_host_pattern {
             s.push_str(&format!(" allowed_host_pattern={:?}", p.as_str()));
+        }
+        if let Some(r) = &self.rules {
+            let texts = |rules: &[crate::policy::Rule]| -> Vec<String> {
+                rules.iter().map(|r| r.text.clone()).collect()
+            };
+            s.push_str(&format!(
+                " rules(allow={:?},deny={:?})",
+                texts(&r.allow),
+                texts(&r.deny)
+            ));
         }
         s
     }
@@ -495,6 +563,8 @@ pub fn redact_json(v: &mut serde_json::Value) {
         "scopes",
         "token_url",
         "no_swap",
+        "allow",
+        "deny",
     ];
     /// Redact every leaf under `v`, except the values of `SHOWN` keys in objects below it.
     fn all(v: &mut serde_json::Value) {
@@ -938,6 +1008,74 @@ mod tests {
             "\"client_id\":\"cid\"",
         ] {
             assert!(s.contains(shown), "{shown} not in {s}");
+        }
+    }
+
+    #[test]
+    fn rules_ride_with_the_processor_under_a_key_only_we_know() {
+        let spec = SealSpec {
+            hosts: vec!["api.github.com".into()],
+            allow: vec!["GET,HEAD /repos/**".into()],
+            deny: vec!["* /repos/*/secret/**".into()],
+            ..Default::default()
+        };
+        let s = Secret::inject(Zeroizing::new("tok".to_string()), &spec).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        // No `inject_processor`: the reference tokenizer finds no processor and refuses.
+        assert!(j.get("inject_processor").is_none(), "{j}");
+        let p = &j["proxypilot_inject_processor"];
+        assert_eq!(p["token"], "tok");
+        assert_eq!(p["allow"], serde_json::json!(["GET,HEAD /repos/**"]));
+        let checked = Secret::from_json(s.to_json().as_bytes())
+            .unwrap()
+            .check()
+            .unwrap();
+        assert!(checked.validate_request("GET", "/repos/o/r").is_ok());
+        assert_eq!(
+            checked
+                .validate_request("POST", "/repos/o/r")
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            checked
+                .validate_request("GET", "/repos/o/secret")
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert!(matches!(checked.processor, Processor::Inject(_)));
+        let summary = checked.summary();
+        assert!(
+            summary.contains("rules(allow=[\"GET,HEAD /repos/**\"]"),
+            "{summary}"
+        );
+        assert!(!summary.contains("tok\""), "{summary}");
+        let mut shown = j.clone();
+        redact_json(&mut shown);
+        assert_eq!(shown["proxypilot_inject_processor"]["token"], "<redacted>");
+        assert_eq!(shown["proxypilot_inject_processor"]["allow"], p["allow"]);
+        // Without rules: the plain reference shape, usable by either tokenizer.
+        let plain =
+            Secret::inject(Zeroizing::new("tok".to_string()), &SealSpec::default()).unwrap();
+        assert!(plain.inject_processor.is_some() && plain.proxypilot_inject_processor.is_none());
+        // Bad rules, or the key without any, are refused.
+        let bad_rule = SealSpec {
+            allow: vec!["GET repos".into()],
+            ..Default::default()
+        };
+        let err = Secret::inject(Zeroizing::new("t".into()), &bad_rule).err();
+        assert!(err.is_some_and(|e| e.contains("allow[0]")));
+        for json in [
+            r#"{"proxypilot_inject_processor":{"token":"t"},"no_auth":{}}"#,
+            r#"{"proxypilot_inject_processor":{"token":"t","allow":["GET x"]},"no_auth":{}}"#,
+            r#"{"proxypilot_inject_processor":{"token":"t","allow":["GET /x"]},"inject_processor":{"token":"t"},"no_auth":{}}"#,
+        ] {
+            assert!(
+                Secret::from_json(json.as_bytes()).unwrap().check().is_err(),
+                "{json}"
+            );
         }
     }
 

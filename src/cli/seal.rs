@@ -15,10 +15,10 @@ pub struct SealArgs {
     #[arg(long, env = "SEAL_KEY", hide_env_values = true)]
     pub seal_key: Option<String>,
     /// A complete secret as JSON (visible in `ps`; prefer --json-file).
-    #[arg(long, conflicts_with_all = ["json_file", "host", "header", "fmt", "org", "app", "instance", "token_env", "auth_password_env"])]
+    #[arg(long, conflicts_with_all = ["json_file", "host", "header", "fmt", "org", "app", "instance", "token_env", "auth_password_env", "allow", "deny"])]
     pub json: Option<String>,
     /// A file holding a complete secret as JSON (`-` for stdin).
-    #[arg(long, conflicts_with_all = ["host", "header", "fmt", "org", "app", "instance", "token_env", "auth_password_env"])]
+    #[arg(long, conflicts_with_all = ["host", "header", "fmt", "org", "app", "instance", "token_env", "auth_password_env", "allow", "deny"])]
     pub json_file: Option<PathBuf>,
     /// Host the secret may be sent to (allowed_hosts; repeatable).
     #[arg(long)]
@@ -39,6 +39,14 @@ pub struct SealArgs {
     /// Fly machine id allowed to use the secret (fly_src_auth; repeatable).
     #[arg(long)]
     pub instance: Vec<String>,
+    /// A method/path rule the token may be used for, e.g. 'GET,HEAD /repos/**' (repeatable;
+    /// with any, one must match). Enforced by proxypilot's tokenizer only: such a secret is
+    /// refused by Fly's tokenizer.
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// A method/path rule the token may never be used for (repeatable; wins over --allow).
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
     /// Read the token from this environment variable instead of stdin.
     #[arg(long)]
     pub token_env: Option<String>,
@@ -82,6 +90,8 @@ fn spec(a: &SealArgs) -> Result<SealSpec, String> {
         apps: a.app.clone(),
         instances: a.instance.clone(),
         password: a.auth_password_env.as_deref().map(env_secret).transpose()?,
+        allow: a.allow.clone(),
+        deny: a.deny.clone(),
     })
 }
 
@@ -90,6 +100,13 @@ fn secret_from_flags(a: &SealArgs, token: Zeroizing<String>) -> Result<Secret, S
     let s = Secret::inject(token, &spec(a)?)?;
     if a.host.is_empty() {
         eprintln!("proxypilot: warning: no --host: this secret may be sent to any host");
+    }
+    if !(a.allow.is_empty() && a.deny.is_empty()) {
+        eprintln!(
+            "proxypilot: note: this secret carries --allow/--deny rules that only proxypilot's \
+             tokenizer enforces; use it with `proxypilot tokenizer` only (Fly's tokenizer \
+             refuses it: it finds no processor it knows)"
+        );
     }
     Ok(s)
 }

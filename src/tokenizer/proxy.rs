@@ -311,6 +311,10 @@ impl ProxyHttp for Tokenizer {
             checked
                 .validate_host(&target.authority)
                 .or_else(secret_error)?;
+            // Rules sealed with the token judge the path this tokenizer forwards.
+            if let Err(r) = checked.validate_request(req.method.as_str(), req.uri.path()) {
+                return refuse(r.status, format!("sealed rules: {}", r.reason));
+            }
             match plan(&checked.processor, &header.params).or_else(secret_error)? {
                 Edit::Header { name, value } => ctx.headers.push((name, value)),
                 Edit::Body(r) => ctx.body.push(r),

@@ -2,6 +2,8 @@
 goes out with the real token; a refused one gets 403 naming the rule (400 for an ambiguous
 path), is counted and logged, and nothing of it reaches the tokenizer or the upstream."""
 
+import http.client
+import json
 import re
 import time
 
@@ -107,3 +109,82 @@ def test_a_bad_rule_is_a_config_error_naming_the_key(bin_path, workdir, tokenize
     assert r.returncode != 0
     key = "proxypilot.routes[0]." + rule.split(":")[0] + "[0]"
     assert str(conf) in r.stderr and key in r.stderr and problem in r.stderr, r.stderr
+
+
+# ---- rules sealed inside the secret, enforced by our tokenizer (a shell that reads the sealed
+# blob, e.g. through Fly's API, and calls the tokenizer itself never meets the sidecar's rules)
+
+SEALED_RULES = ["--allow", "GET,HEAD /repos/**", "--deny", "* /repos/*/secret/**"]
+SEALED_TOKEN = "ghp_SEALEDwithRULES0123456789"
+
+
+def direct(tok, method, path, sealed):
+    c = http.client.HTTPConnection("127.0.0.1", tok.port, timeout=20)
+    c.request(method, f"http://api.github.com{path}", headers={"Proxy-Tokenizer": sealed})
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    return r.status, body
+
+
+@pytest.fixture(scope="module")
+def ruled(tokenizer):
+    return tokenizer.seal(SEALED_TOKEN, "--host", "api.github.com", *SEALED_RULES)
+
+
+@pytest.mark.parametrize("method,path,status,names", [
+    ("GET", "/repos/o/r", 200, ""),
+    ("HEAD", "/repos/o/r/issues", 200, ""),
+    ("DELETE", "/repos/o/r", 403, "sealed rules: forbidden by the route's policy: no allow rule"),
+    ("GET", "/user", 403, "no allow rule matches GET"),
+    ("GET", "/repos/o/secret/x", 403, 'deny rule "* /repos/*/secret/**"'),
+    ("GET", "/REPOS/O/SECRET", 403, 'deny rule "* /repos/*/secret/**"'),
+    ("GET", "/repos/o/x/%2e%2e/secret", 400, "dot segment"),
+])
+def test_rules_sealed_in_the_secret_hold_without_the_sidecar(tokenizer, upstream, ruled, method,
+                                                             path, status, names):
+    m = upstream.mark()
+    got, body = direct(tokenizer, method, path, ruled)
+    assert got == status, body
+    if status == 200:
+        e = upstream.wait_since(m)[0]
+        assert headers_of(e)["authorization"] == [f"Bearer {SEALED_TOKEN}"]
+    else:
+        assert names in body, body
+        time.sleep(0.2)
+        assert upstream.since(m) == [], "a refused request reached the upstream"
+
+
+def test_sealed_rules_also_hold_behind_the_sidecar(bin_path, workdir, tokenizer, upstream, ruled):
+    s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-sealed-rules",
+                      env_extra={"PP_SEALED_GITHUB": ruled})
+    try:
+        m = upstream.mark()
+        code, _, body, _ = call(s, "GET", "/repos/o/r")
+        assert code == 200, body
+        assert headers_of(upstream.wait_since(m)[0])["authorization"] == [f"Bearer {SEALED_TOKEN}"]
+        m = upstream.mark()
+        code, _, body, _ = call(s, "DELETE", "/repos/o/r", http="--http2")
+        assert code == 403 and "sealed rules" in body, body
+        time.sleep(0.2)
+        assert upstream.since(m) == []
+    finally:
+        s.proc.stop()
+
+
+def test_seal_says_such_a_secret_needs_our_tokenizer(tokenizer):
+    r = run([tokenizer.bin, "seal", "--host", "api.github.com", *SEALED_RULES],
+            input=SEALED_TOKEN, env={"SEAL_KEY": tokenizer.seal_key})
+    assert "only proxypilot's tokenizer enforces" in r.stderr, r.stderr
+    # What is sealed: the rules ride with the processor under a key the reference tokenizer does
+    # not know, so it finds no processor and refuses the secret instead of ignoring the rules.
+    out = run([tokenizer.bin, "unseal", r.stdout.strip()],
+              env={"OPEN_KEY": tokenizer.open_key}).stdout
+    secret = json.loads(out)
+    assert "inject_processor" not in secret, secret
+    p = secret["proxypilot_inject_processor"]
+    assert p["allow"] == ["GET,HEAD /repos/**"] and p["deny"] == ["* /repos/*/secret/**"]
+    assert SEALED_TOKEN not in out
+    bad = run([tokenizer.bin, "seal", "--host", "api.github.com", "--allow", "GET repos"],
+              input=SEALED_TOKEN, env={"SEAL_KEY": tokenizer.seal_key}, check=False)
+    assert bad.returncode != 0 and "allow[0]" in bad.stderr and "must start with /" in bad.stderr
