@@ -4,6 +4,10 @@
 //! would (percent-decoded, ASCII case folded), refusing paths whose meaning is ambiguous (dot
 //! segments, encoded slashes or backslashes, empty segments, control bytes), and the decision:
 //! a matching `deny` rule refuses; then, if there are `allow` rules, one of them must match.
+//! A rule may also name GraphQL operation types (`POST /graphql query`): it then looks at the
+//! request body, a GraphQL-over-HTTP JSON object (or a batch of them), parsed with
+//! `graphql-parser`. An allow rule matches when every operation in the document is of a named
+//! type; a deny rule when any is; a body it cannot read matches a deny rule and no allow rule.
 //! Must not: judge any string but the path that is forwarded, or echo a query string.
 //!
 //! Patterns are split on `/`; a segment is matched literally except `*` (any one segment),
@@ -14,12 +18,29 @@
 
 use std::fmt;
 
+/// A GraphQL operation type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Query,
+    Mutation,
+    Subscription,
+}
+
+/// Largest request body read to judge a GraphQL rule (a larger one gets 413).
+pub const GRAPHQL_BODY_LIMIT: usize = 64 * 1024;
+
+/// Deepest nesting of `{`, `[` and `(` in a GraphQL document that is parsed at all: the parser
+/// recurses per level, and a thread's stack is finite.
+const GRAPHQL_MAX_DEPTH: usize = 64;
+
 /// A parsed rule: its text (for messages and metrics), methods (None: any) and pattern.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub text: String,
     methods: Option<Vec<String>>,
     pattern: Vec<Vec<u8>>,
+    /// GraphQL operation types (None: the rule does not look at the body).
+    ops: Option<Vec<Op>>,
 }
 
 /// A route's rules.
@@ -45,20 +66,43 @@ impl fmt::Display for Refusal {
 }
 
 impl Rule {
-    /// `METHODS PATTERN`: methods separated by `,` (or `*` for any), a pattern starting with `/`.
+    /// `METHODS PATTERN [OPS]`: methods separated by `,` (or `*` for any), a pattern starting
+    /// with `/`, and optionally GraphQL operation types separated by `,`.
     pub fn parse(text: &str) -> Result<Rule, String> {
         let mut words = text.split_whitespace();
         let (Some(method_word), Some(pattern)) = (words.next(), words.next()) else {
             return Err(format!(
-                "rule {text:?}: want \"METHODS /path/pattern\", e.g. \"GET,HEAD /repos/**\""
+                "rule {text:?}: want \"METHODS /path/pattern [query,mutation,subscription]\", \
+                 e.g. \"GET,HEAD /repos/**\""
             ));
         };
+        let ops_word = words.next();
         if words.next().is_some() {
             return Err(format!(
-                "rule {text:?}: two words only, methods and a path pattern (GraphQL operation \
-                 types are not supported yet)"
+                "rule {text:?}: at most three words: methods, a path pattern, GraphQL operation \
+                 types"
             ));
         }
+        let ops = match ops_word {
+            None => None,
+            Some(w) => {
+                let mut ops = Vec::new();
+                for o in w.split(',') {
+                    ops.push(match o.to_ascii_lowercase().as_str() {
+                        "query" => Op::Query,
+                        "mutation" => Op::Mutation,
+                        "subscription" => Op::Subscription,
+                        _ => {
+                            return Err(format!(
+                                "rule {text:?}: {o:?} is not a GraphQL operation type (query, \
+                                 mutation, subscription)"
+                            ))
+                        }
+                    });
+                }
+                Some(ops)
+            }
+        };
         let methods = if method_word == "*" {
             None
         } else {
@@ -98,19 +142,52 @@ impl Rule {
         {
             return Err(format!("rule {text:?}: ** must be a whole segment"));
         }
+        let text = match ops_word {
+            Some(o) => format!("{method_word} {pattern} {o}"),
+            None => format!("{method_word} {pattern}"),
+        };
         Ok(Rule {
-            text: format!("{method_word} {pattern}"),
+            text,
             methods,
             pattern: segs,
+            ops,
         })
     }
 
-    fn matches(&self, method: &str, path: &[Vec<u8>]) -> bool {
+    /// Whether the rule names GraphQL operation types (and so needs the body).
+    pub fn has_ops(&self) -> bool {
+        self.ops.is_some()
+    }
+
+    /// Method and path only.
+    fn route_matches(&self, method: &str, path: &[Vec<u8>]) -> bool {
         let method_ok = self
             .methods
             .as_ref()
             .is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(method)));
         method_ok && segments_match(&self.pattern, path)
+    }
+
+    /// As an allow rule: method, path, and every operation of a named type.
+    fn allows(&self, method: &str, path: &[Vec<u8>], body: Option<&[u8]>) -> bool {
+        self.route_matches(method, path)
+            && match &self.ops {
+                None => true,
+                Some(ops) => {
+                    graphql_ops(body).is_some_and(|found| found.iter().all(|o| ops.contains(o)))
+                }
+            }
+    }
+
+    /// As a deny rule: method, path, and any operation of a named type (or an unreadable body).
+    fn denies(&self, method: &str, path: &[Vec<u8>], body: Option<&[u8]>) -> bool {
+        self.route_matches(method, path)
+            && match &self.ops {
+                None => true,
+                Some(ops) => {
+                    graphql_ops(body).is_none_or(|found| found.iter().any(|o| ops.contains(o)))
+                }
+            }
     }
 }
 
@@ -134,21 +211,33 @@ impl Policy {
         self.allow.is_empty() && self.deny.is_empty()
     }
 
-    /// May `method` go to `path` (the path part of the request target, as forwarded)?
-    pub fn check(&self, method: &str, path: &str) -> Result<(), Refusal> {
+    /// Does judging this request need its body (a GraphQL rule matches its method and path)?
+    pub fn needs_body(&self, method: &str, path: &str) -> bool {
+        let Ok(segs) = split_path(path) else {
+            return false;
+        };
+        self.allow
+            .iter()
+            .chain(&self.deny)
+            .any(|r| r.has_ops() && r.route_matches(method, &segs))
+    }
+
+    /// May `method` go to `path` (the path part of the request target, as forwarded)? `body`
+    /// is the request body when [`Policy::needs_body`] said so.
+    pub fn check(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(), Refusal> {
         let segs = split_path(path).map_err(|why| Refusal {
             status: 400,
             reason: format!("path refused by the route's policy: {why}"),
             label: "bad_path".into(),
         })?;
-        if let Some(rule) = self.deny.iter().find(|r| r.matches(method, &segs)) {
+        if let Some(rule) = self.deny.iter().find(|r| r.denies(method, &segs, body)) {
             return Err(Refusal {
                 status: 403,
                 reason: format!("forbidden by the route's policy: deny rule {:?}", rule.text),
                 label: rule.text.clone(),
             });
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|r| r.matches(method, &segs)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(|r| r.allows(method, &segs, body)) {
             return Err(Refusal {
                 status: 403,
                 reason: format!(
@@ -164,6 +253,52 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// The operation types of a GraphQL-over-HTTP body: `{"query": "..."}` or a batch (array) of
+/// them. None when it is not one, or a document has no operation.
+fn graphql_ops(body: Option<&[u8]>) -> Option<Vec<Op>> {
+    use graphql_parser::query::{Definition, OperationDefinition};
+    fn doc_ops(v: &serde_json::Value, out: &mut Vec<Op>) -> Option<()> {
+        let query = v.as_object()?.get("query")?.as_str()?;
+        let mut depth = 0usize;
+        for b in query.bytes() {
+            // Brackets inside strings count too: an over-estimate only refuses more.
+            match b {
+                b'{' | b'[' | b'(' => depth += 1,
+                b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > GRAPHQL_MAX_DEPTH {
+                return None;
+            }
+        }
+        let doc = graphql_parser::parse_query::<&str>(query).ok()?;
+        let before = out.len();
+        for d in doc.definitions {
+            if let Definition::Operation(op) = d {
+                out.push(match op {
+                    OperationDefinition::SelectionSet(_) | OperationDefinition::Query(_) => {
+                        Op::Query
+                    }
+                    OperationDefinition::Mutation(_) => Op::Mutation,
+                    OperationDefinition::Subscription(_) => Op::Subscription,
+                });
+            }
+        }
+        (out.len() > before).then_some(())
+    }
+    let v: serde_json::Value = serde_json::from_slice(body?).ok()?;
+    let mut out = Vec::new();
+    match &v {
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                doc_ops(item, &mut out)?;
+            }
+        }
+        other => doc_ops(other, &mut out)?,
+    }
+    Some(out)
 }
 
 /// A request path as an upstream reads it: segments percent-decoded and lower-cased, or why it
@@ -265,7 +400,7 @@ mod tests {
             "/v1/models",
             "/v1beta/models",
         ] {
-            assert!(p.check("GET", ok).is_ok(), "{ok}");
+            assert!(p.check("GET", ok, None).is_ok(), "{ok}");
         }
         for bad in [
             "/repos/o/issues",
@@ -274,25 +409,25 @@ mod tests {
             "/user/keys",
             "/v2/models",
         ] {
-            assert_eq!(p.check("GET", bad).unwrap_err().status, 403, "{bad}");
+            assert_eq!(p.check("GET", bad, None).unwrap_err().status, 403, "{bad}");
         }
-        assert!(p.check("POST", "/user").is_err());
-        assert!(policy(&["* /**"], &[]).check("PATCH", "/").is_ok());
+        assert!(p.check("POST", "/user", None).is_err());
+        assert!(policy(&["* /**"], &[]).check("PATCH", "/", None).is_ok());
     }
 
     #[test]
     fn deny_wins_and_allow_lists_close_the_rest() {
         let p = policy(&["GET,HEAD /**"], &["* /repos/*/secret/**"]);
-        assert!(p.check("HEAD", "/repos/o/r").is_ok());
-        let e = p.check("GET", "/repos/o/secret/x").unwrap_err();
+        assert!(p.check("HEAD", "/repos/o/r", None).is_ok());
+        let e = p.check("GET", "/repos/o/secret/x", None).unwrap_err();
         assert_eq!((e.status, e.label.as_str()), (403, "* /repos/*/secret/**"));
         assert!(e.reason.contains("deny rule"));
-        let e = p.check("DELETE", "/repos/o/r").unwrap_err();
+        let e = p.check("DELETE", "/repos/o/r", None).unwrap_err();
         assert_eq!((e.status, e.label.as_str()), (403, "no_allow_rule"));
         // Deny only: the rest is allowed.
         let p = policy(&[], &["DELETE /**"]);
-        assert!(p.check("GET", "/x").is_ok());
-        assert!(p.check("DELETE", "/x").is_err());
+        assert!(p.check("GET", "/x", None).is_ok());
+        assert!(p.check("DELETE", "/x", None).is_err());
     }
 
     #[test]
@@ -304,11 +439,15 @@ mod tests {
             "/repos/myorg/%73ecret",
             "/repos/%4D%59org/secret",
         ] {
-            assert_eq!(p.check("GET", sneaky).unwrap_err().status, 403, "{sneaky}");
+            assert_eq!(
+                p.check("GET", sneaky, None).unwrap_err().status,
+                403,
+                "{sneaky}"
+            );
         }
         assert_eq!(
             policy(&[], &["delete /**"])
-                .check("delete", "/x")
+                .check("delete", "/x", None)
                 .unwrap_err()
                 .status,
             403
@@ -329,7 +468,7 @@ mod tests {
             "repos/x",
         ] {
             assert_eq!(
-                p.check("GET", ambiguous).unwrap_err().status,
+                p.check("GET", ambiguous, None).unwrap_err().status,
                 400,
                 "{ambiguous}"
             );
@@ -348,11 +487,89 @@ mod tests {
             "GET /a%2f",
             "G3T /a",
             "GET, /a",
-            "POST /graphql query",
+            "POST /graphql query extra",
+            "POST /graphql queries",
         ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
         let e = Policy::parse(&["GET /ok".into(), "nope".into()], &[]).unwrap_err();
         assert!(e.starts_with("allow[1]: "), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod graphql_tests {
+    use super::*;
+
+    fn policy(allow: &[&str], deny: &[&str]) -> Policy {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Policy::parse(&v(allow), &v(deny)).unwrap()
+    }
+
+    fn body(q: &str) -> Vec<u8> {
+        serde_json::json!({ "query": q }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn read_only_graphql() {
+        let p = policy(&["GET,HEAD /**", "POST /graphql query"], &[]);
+        assert!(p.needs_body("POST", "/graphql") && !p.needs_body("GET", "/graphql"));
+        assert!(!p.needs_body("POST", "/repos/x"));
+        for ok in [
+            "{ viewer { login } }",
+            "query Q { viewer { login } }",
+            "query A { a } query B { b } fragment F on User { login }",
+            "# mutation { x }\n{ viewer { bio } }",
+            "{ repo(name: \"mutation { x }\") { id } }",
+        ] {
+            assert!(p.check("POST", "/graphql", Some(&body(ok))).is_ok(), "{ok}");
+        }
+        for bad in [
+            "mutation { addStar(input: {}) { clientMutationId } }",
+            "query A { a } mutation B { b }",
+            "subscription { x }",
+            "not graphql {",
+            "",
+            "fragment F on User { login }",
+        ] {
+            let e = p.check("POST", "/graphql", Some(&body(bad))).unwrap_err();
+            assert_eq!(
+                (e.status, e.label.as_str()),
+                (403, "no_allow_rule"),
+                "{bad}"
+            );
+        }
+        let batch = serde_json::json!([{ "query": "{ a }" }, { "query": "mutation { b }" }]);
+        assert!(p
+            .check("POST", "/graphql", Some(batch.to_string().as_bytes()))
+            .is_err());
+        let batch = serde_json::json!([{ "query": "{ a }" }, { "query": "query { b }" }]);
+        assert!(p
+            .check("POST", "/graphql", Some(batch.to_string().as_bytes()))
+            .is_ok());
+        for junk in [&b"[]"[..], b"{}", b"{\"query\": 1}", b"not json", b"[1]"] {
+            assert!(p.check("POST", "/graphql", Some(junk)).is_err());
+        }
+        assert!(p.check("POST", "/graphql", None).is_err());
+        // Nested too deeply to parse: refused, never a stack overflow.
+        let deep = format!("{{ a {} }}", "{ b ".repeat(10_000) + &"}".repeat(10_000));
+        assert!(p.check("POST", "/graphql", Some(&body(&deep))).is_err());
+    }
+
+    #[test]
+    fn deny_rules_match_any_operation_or_an_unreadable_body() {
+        let p = policy(&[], &["POST /graphql mutation"]);
+        assert!(p
+            .check("POST", "/graphql", Some(&body("{ viewer { login } }")))
+            .is_ok());
+        for bad in [
+            "query A { a } mutation B { b }",
+            "mutation { x }",
+            "garbage {",
+        ] {
+            let e = p.check("POST", "/graphql", Some(&body(bad))).unwrap_err();
+            assert_eq!(e.label, "POST /graphql mutation", "{bad}");
+        }
+        assert!(p.check("POST", "/graphql", Some(b"nope")).is_err());
     }
 }

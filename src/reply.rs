@@ -11,6 +11,24 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
 /// Refuse a request with `status` and a reason the client may read.
+/// The whole request body before anything is forwarded (at most `limit` bytes, else 413
+/// "request body too large {why}"). Retry buffering keeps the bytes for pingora to send on
+/// afterwards.
+pub async fn read_whole_body(session: &mut Session, limit: usize, why: &str) -> Result<Vec<u8>> {
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            return refuse(
+                413,
+                format!("request body too large {why} (limit {} KiB)", limit / 1024),
+            );
+        }
+    }
+    Ok(body)
+}
+
 pub fn refuse<T>(status: u16, reason: impl Into<String>) -> Result<T> {
     Err(Error::explain(ErrorType::HTTPStatus(status), reason.into()))
 }

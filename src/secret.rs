@@ -41,6 +41,20 @@ fn kind_of_unknown(key: &str) -> Option<&'static str> {
     }
 }
 
+/// Rules sealed in a secret judge method and path only: the tokenizer does not read bodies
+/// to judge GraphQL operation types (a route's rules in the sidecar do).
+fn no_graphql_rules(p: &Policy) -> Result<(), String> {
+    for (name, rules) in [("allow", &p.allow), ("deny", &p.deny)] {
+        if let Some(i) = rules.iter().position(|r| r.has_ops()) {
+            return Err(format!(
+                "{name}[{i}]: GraphQL operation types are judged by a route's rules in the \
+                 sidecar, not in a sealed secret"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Headers a secret may never write: routing (Host), framing (Content-Length,
 /// Transfer-Encoding, Expect), hop-by-hop (RFC 9110 §7.6.1) and every `Proxy-*` header. Writing
 /// one would change where or how the request travels rather than authenticate it.
@@ -277,6 +291,7 @@ impl Secret {
             .map_err(|_| format!("--fmt {:?}: needs exactly one %s", fd.fmt))?;
         let inject = InjectProcessor { token, fmt_dst: fd };
         let rules = Policy::parse(&spec.allow, &spec.deny).map_err(|e| format!("--{e}"))?;
+        no_graphql_rules(&rules).map_err(|e| format!("--{e}"))?;
         let mut s = if rules.is_empty() {
             Secret {
                 inject_processor: Some(inject),
@@ -346,6 +361,7 @@ impl Secret {
         let mut rules = None;
         if let Some(p) = self.proxypilot_inject_processor {
             let policy = Policy::parse(&p.allow, &p.deny)
+                .and_then(|p| no_graphql_rules(&p).map(|_| p))
                 .map_err(|e| bad(format!("bad secret: proxypilot_inject_processor.{e}")))?;
             if policy.is_empty() {
                 return Err(bad(
@@ -444,7 +460,7 @@ impl Checked {
     /// the query).
     pub fn validate_request(&self, method: &str, path: &str) -> Result<(), Refusal> {
         match &self.rules {
-            Some(rules) => rules.check(method, path),
+            Some(rules) => rules.check(method, path, None),
             None => Ok(()),
         }
     }

@@ -11,7 +11,8 @@
 //! Phases, in the order a request meets them:
 //! ```text
 //! request_filter          SNI + Host pinning -> route (stored in ctx), or 421; localhost answers;
-//!                         the route's method/path policy, or 403 naming the rule
+//!                         the route's method/path policy (reading a GraphQL body if a rule
+//!                         names operation types), or 403 naming the rule
 //! upstream_peer           the tokenizer (address resolved asynchronously, cached)
 //! upstream_request_filter strip client credentials, absolute-form target, Host, Proxy-Tokenizer
 //! fail_to_proxy           the one error path: status + short reason
@@ -38,7 +39,8 @@ use super::conn::{self, Limits};
 use super::metrics;
 use super::spares::{Spares, TlsTo};
 use crate::host::Authority;
-use crate::reply::{self, refuse};
+use crate::policy::GRAPHQL_BODY_LIMIT;
+use crate::reply::{self, read_whole_body, refuse};
 use crate::resolve::CachedName;
 use crate::timeouts;
 
@@ -270,7 +272,14 @@ impl ProxyHttp for SidecarProxy {
                 if let Some(policy) = &route.policy {
                     // The path judged is the one forwarded (upstream_request_filter).
                     let req = session.req_header();
-                    if let Err(r) = policy.check(req.method.as_str(), req.uri.path()) {
+                    let (method, path) = (req.method.to_string(), req.uri.path().to_string());
+                    let body = if policy.needs_body(&method, &path) {
+                        let why = "for the route's GraphQL rules";
+                        Some(read_whole_body(session, GRAPHQL_BODY_LIMIT, why).await?)
+                    } else {
+                        None
+                    };
+                    if let Err(r) = policy.check(&method, &path, body.as_deref()) {
                         metrics::POLICY_REFUSED
                             .with_label_values(&[&route.host, &r.label])
                             .inc();

@@ -36,7 +36,7 @@ use super::config::Settings;
 use super::flysrc::FlySrc;
 use super::processor::{hmac_header, plan, Edit, StreamReplace};
 use crate::host::{self, Authority};
-use crate::reply::{self, refuse};
+use crate::reply::{self, read_whole_body, refuse};
 use crate::resolve::{forbidden, lookup, NameCache};
 use crate::sealing::{OpenKey, TokenizerHeader};
 use crate::secret::{Checked, Secret, SecretError};
@@ -328,21 +328,7 @@ impl ProxyHttp for Tokenizer {
 
         if !hmac_jobs.is_empty() {
             // The HMAC covers the verbatim body, so read it whole (bounded) before forwarding.
-            // Retry buffering keeps the bytes for pingora to send upstream afterwards.
-            session.enable_retry_buffering();
-            let mut body = Vec::new();
-            while let Some(chunk) = session.read_request_body().await? {
-                body.extend_from_slice(&chunk);
-                if body.len() > HMAC_BODY_LIMIT {
-                    return refuse(
-                        413,
-                        format!(
-                            "request body too large to sign (limit {} KiB)",
-                            HMAC_BODY_LIMIT / 1024
-                        ),
-                    );
-                }
-            }
+            let body = read_whole_body(session, HMAC_BODY_LIMIT, "to sign").await?;
             for (p, params) in hmac_jobs {
                 match hmac_header(&p, &params, &body).or_else(secret_error)? {
                     Edit::Header { name, value } => ctx.headers.push((name, value)),

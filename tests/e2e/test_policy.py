@@ -13,7 +13,7 @@ from stack import DUMMY, REAL, headers_of, run, start_sidecar
 
 DENY = "* /repos/*/secret/**"
 RULES = {"api.github.com": [
-    'allow: ["GET,HEAD /**", "POST /repos/*/*/issues"]',
+    'allow: ["GET,HEAD /**", "POST /repos/*/*/issues", "POST /graphql query"]',
     f'deny: ["{DENY}"]',
 ]}
 
@@ -41,6 +41,34 @@ def test_allowed_requests_carry_the_real_token(psidecar, upstream, http):
         e = upstream.wait_since(m)[0]
         assert (e["method"], e["path"]) == (method, path)
         assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"]
+
+
+def graphql(s, query, http="--http1.1", raw=None):
+    data = raw if raw is not None else json.dumps({"query": query})
+    return s.curl("/graphql", extra=[http, "-H", f"Authorization: Bearer {DUMMY}",
+                                     "-H", "Content-Type: application/json",
+                                     "--data-binary", data])
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_graphql_queries_pass_whole_and_mutations_are_refused(psidecar, upstream, http):
+    query = "query { viewer { login } repository(owner: \"o\", name: \"mutation {\") { id } }"
+    m = upstream.mark()
+    code, _, body, _ = graphql(psidecar, query, http)
+    assert code == 200, body
+    e = upstream.wait_since(m)[0]
+    assert e["method"] == "POST" and e["body_len"] == len(json.dumps({"query": query}))
+    assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"]
+    for refused in ["mutation { addStar(input: {starrableId: \"x\"}) { clientMutationId } }",
+                    "query A { viewer { login } } mutation B { addStar { x } }",
+                    "subscription { x }", "{ not graphql"]:
+        m = upstream.mark()
+        code, _, body, _ = graphql(psidecar, refused, http)
+        assert code == 403 and "no allow rule matches POST" in body, (refused, body)
+        time.sleep(0.2)
+        assert upstream.since(m) == [], refused
+    code, _, body, _ = graphql(psidecar, None, http, raw="x" * (70 * 1024))
+    assert code == 413 and "64 KiB" in body, body
 
 
 REFUSED = [  # method, path, status, what the answer names
@@ -93,7 +121,7 @@ def test_other_routes_are_not_limited(psidecar, upstream):
     ('allow: ["GET repos/**"]', "must start with /"),
     ('allow: ["FETCH"]', "want"),
     ('deny: ["GET /a/../b"]', ". or .. segments"),
-    ('allow: ["POST /graphql query"]', "GraphQL operation types are not supported yet"),
+    ('allow: ["POST /graphql queries"]', "not a GraphQL operation type"),
 ])
 def test_a_bad_rule_is_a_config_error_naming_the_key(bin_path, workdir, tokenizer, rule,
                                                      problem):
@@ -185,6 +213,8 @@ def test_seal_says_such_a_secret_needs_our_tokenizer(tokenizer):
     p = secret["proxypilot_inject_processor"]
     assert p["allow"] == ["GET,HEAD /repos/**"] and p["deny"] == ["* /repos/*/secret/**"]
     assert SEALED_TOKEN not in out
-    bad = run([tokenizer.bin, "seal", "--host", "api.github.com", "--allow", "GET repos"],
-              input=SEALED_TOKEN, env={"SEAL_KEY": tokenizer.seal_key}, check=False)
-    assert bad.returncode != 0 and "allow[0]" in bad.stderr and "must start with /" in bad.stderr
+    for rule, problem in (("GET repos", "must start with /"),
+                          ("POST /graphql query", "judged by a route's rules in the sidecar")):
+        bad = run([tokenizer.bin, "seal", "--host", "api.github.com", "--allow", rule],
+                  input=SEALED_TOKEN, env={"SEAL_KEY": tokenizer.seal_key}, check=False)
+        assert bad.returncode != 0 and "allow[0]" in bad.stderr and problem in bad.stderr
