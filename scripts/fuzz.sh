@@ -25,7 +25,7 @@ if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then
   seconds="$1"
   shift
 fi
-all_targets=(authority secret_json tokenizer_header fmt flysrc config_yaml)
+all_targets=(authority secret_json tokenizer_header fmt flysrc config_yaml policy)
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${all_targets[@]}")
 for t in "${targets[@]}"; do

@@ -503,3 +503,53 @@ fn config_params_non_ascii() {
         }
     }
 }
+
+// ---------- policy::Policy (fuzz target `policy`) ----------
+
+/// The seeds under fuzz/seeds/policy, each held to its answer: rule, method, path, body ->
+/// allowed, or the status refused with.
+#[test]
+fn policy_seeds() {
+    use proxypilot::policy::Policy;
+    let deep = format!("{{\"query\":\"{}{}\"}}", "{ a ".repeat(80), "}".repeat(80));
+    for (rule, method, path, body, want) in [
+        ("GET,HEAD /repos/**", "GET", "/repos/o/r", None, Ok(())),
+        (
+            "* /repos/*/secret/**",
+            "GET",
+            "/repos/o/x/%2e%2E/secret",
+            None,
+            Err(400),
+        ),
+        ("DELETE /Repos/*/R", "delete", "/REPOS/O/r/", None, Ok(())),
+        ("GET /v1*/mod*ls", "GET", "/v1beta/models", None, Ok(())),
+        ("GET /a/**", "GET", "/a%2Fb/../c", None, Err(400)),
+        (
+            "POST /graphql query",
+            "POST",
+            "/graphql",
+            Some(r#"{"query":"query A { a } mutation B { b }"}"#),
+            Err(403),
+        ),
+        (
+            "POST /graphql query,mutation",
+            "POST",
+            "/graphql",
+            Some(r#"[{"query":"{ a }"},{"query":"subscription { s }"}]"#),
+            Err(403),
+        ),
+        (
+            "POST /graphql query",
+            "POST",
+            "/graphql",
+            Some(deep.as_str()),
+            Err(403),
+        ),
+    ] {
+        let p = Policy::parse(&[rule.to_string()], &[]).unwrap();
+        let got = p
+            .check(method, path, body.map(str::as_bytes))
+            .map_err(|r| r.status);
+        assert_eq!(got, want, "{rule:?} {method} {path:?}");
+    }
+}
