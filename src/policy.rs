@@ -169,25 +169,37 @@ impl Rule {
     }
 
     /// As an allow rule: method, path, and every operation of a named type.
-    fn allows(&self, method: &str, path: &[Vec<u8>], body: Option<&[u8]>) -> bool {
+    fn allows(&self, method: &str, path: &[Vec<u8>], body: &Body) -> bool {
         self.route_matches(method, path)
             && match &self.ops {
                 None => true,
-                Some(ops) => {
-                    graphql_ops(body).is_some_and(|found| found.iter().all(|o| ops.contains(o)))
-                }
+                Some(ops) => body
+                    .ops()
+                    .is_some_and(|found| found.iter().all(|o| ops.contains(o))),
             }
     }
 
     /// As a deny rule: method, path, and any operation of a named type (or an unreadable body).
-    fn denies(&self, method: &str, path: &[Vec<u8>], body: Option<&[u8]>) -> bool {
+    fn denies(&self, method: &str, path: &[Vec<u8>], body: &Body) -> bool {
         self.route_matches(method, path)
             && match &self.ops {
                 None => true,
-                Some(ops) => {
-                    graphql_ops(body).is_none_or(|found| found.iter().any(|o| ops.contains(o)))
-                }
+                Some(ops) => body
+                    .ops()
+                    .is_none_or(|found| found.iter().any(|o| ops.contains(o))),
             }
+    }
+}
+
+/// A request body and its GraphQL operations, parsed at most once however many rules ask.
+struct Body<'a> {
+    bytes: Option<&'a [u8]>,
+    ops: std::cell::OnceCell<Option<Vec<Op>>>,
+}
+
+impl Body<'_> {
+    fn ops(&self) -> Option<&[Op]> {
+        self.ops.get_or_init(|| graphql_ops(self.bytes)).as_deref()
     }
 }
 
@@ -213,6 +225,9 @@ impl Policy {
 
     /// Does judging this request need its body (a GraphQL rule matches its method and path)?
     pub fn needs_body(&self, method: &str, path: &str) -> bool {
+        if !self.allow.iter().chain(&self.deny).any(Rule::has_ops) {
+            return false; // the usual case: no rule looks at bodies
+        }
         let Ok(segs) = split_path(path) else {
             return false;
         };
@@ -230,14 +245,18 @@ impl Policy {
             reason: format!("path refused by the route's policy: {why}"),
             label: "bad_path".into(),
         })?;
-        if let Some(rule) = self.deny.iter().find(|r| r.denies(method, &segs, body)) {
+        let body = Body {
+            bytes: body,
+            ops: Default::default(),
+        };
+        if let Some(rule) = self.deny.iter().find(|r| r.denies(method, &segs, &body)) {
             return Err(Refusal {
                 status: 403,
                 reason: format!("forbidden by the route's policy: deny rule {:?}", rule.text),
                 label: rule.text.clone(),
             });
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|r| r.allows(method, &segs, body)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(|r| r.allows(method, &segs, &body)) {
             return Err(Refusal {
                 status: 403,
                 reason: format!(

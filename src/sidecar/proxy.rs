@@ -272,14 +272,16 @@ impl ProxyHttp for SidecarProxy {
                 if let Some(policy) = &route.policy {
                     // The path judged is the one forwarded (upstream_request_filter).
                     let req = session.req_header();
-                    let (method, path) = (req.method.to_string(), req.uri.path().to_string());
-                    let body = if policy.needs_body(&method, &path) {
+                    let body = if policy.needs_body(req.method.as_str(), req.uri.path()) {
                         let why = "for the route's GraphQL rules";
                         Some(read_whole_body(session, GRAPHQL_BODY_LIMIT, why).await?)
                     } else {
                         None
                     };
-                    if let Err(r) = policy.check(&method, &path, body.as_deref()) {
+                    let req = session.req_header();
+                    if let Err(r) =
+                        policy.check(req.method.as_str(), req.uri.path(), body.as_deref())
+                    {
                         metrics::POLICY_REFUSED
                             .with_label_values(&[&route.host, &r.label])
                             .inc();

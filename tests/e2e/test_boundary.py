@@ -181,10 +181,10 @@ def test_dropin_password_works_with_a_bearer_auth_tokenizer(bin_path, workdir, t
 
 # ---------- one request's bytes, and only those, on a pooled connection ----------
 
-def _upload(sidecar, proto, data, extra=()):
+def _upload(sidecar, proto, data, extra=(), path="/upload"):
     args = ["curl", "-sS", "--max-time", "20", *sidecar.resolve_args(), proto, "-T", "-",
             "-X", "POST", *extra, "-w", "\n%{http_code}",
-            f"https://api.github.com:{sidecar.port}/upload"]
+            f"https://api.github.com:{sidecar.port}{path}"]
     r = subprocess.run(args, input=data, capture_output=True, timeout=30)
     return r.stdout.decode(errors="replace")
 
@@ -206,6 +206,35 @@ def test_streamed_body_has_exactly_one_terminator(rec_sidecar, recorder, proto, 
     time.sleep(SETTLE)
     assert [r.target.rsplit("/", 1)[1] for r in reqs] == ["upload", "after"], reqs
     assert reqs[0].body == data and reqs[0].chunked
+    for c in recorder.conns:
+        assert clean(c), (bytes(c.raw)[-200:], bytes(c.stray))
+
+
+@pytest.fixture(scope="module")
+def rec_gql_sidecar(bin_path, workdir, tokenizer, recorder):
+    """The recording stand-in behind a route whose GraphQL rule makes the sidecar read the
+    whole body before forwarding it (pingora replays it from its retry buffer)."""
+    s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-rec-gql",
+                      tokenizer_url=recorder.url,
+                      route_extra={"api.github.com": ['allow: ["POST /graphql query", "GET /**"]']})
+    yield s
+    s.proc.stop()
+
+
+@pytest.mark.parametrize("proto", ["--http2", "--http1.1"])
+def test_a_body_read_for_graphql_rules_is_forwarded_once_and_whole(rec_gql_sidecar, recorder,
+                                                                   proto):
+    data = b'{"query": "query { viewer { login } }"}'
+    recorder.clear()
+    out = _upload(rec_gql_sidecar, proto, data, path="/graphql")
+    assert out.endswith("\n200"), out
+    time.sleep(SETTLE)
+    code, _, body, _ = rec_gql_sidecar.curl("/after", extra=["--http1.1"])
+    assert code == 200, body
+    reqs = recorder.wait_requests(2)
+    time.sleep(SETTLE)
+    assert [r.target.rsplit("/", 1)[1] for r in reqs] == ["graphql", "after"], reqs
+    assert reqs[0].body == data
     for c in recorder.conns:
         assert clean(c), (bytes(c.raw)[-200:], bytes(c.stray))
 
