@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
 use super::ca::{Ca, Leaf};
-use super::conn::{ConnState, Limits};
+use super::conn::{ConnState, Limits, Permit};
 use super::metrics;
 use crate::host::normalize;
 use crate::logging::Throttle;
@@ -118,6 +118,17 @@ impl CertStore {
 pub struct TlsCallbacks {
     pub store: Arc<CertStore>,
     pub limits: Arc<Limits>,
+    /// Set for a connection inside a CONNECT tunnel: the route is the CONNECT target, not the
+    /// SNI.
+    pub pin: Option<Pinned>,
+}
+
+/// A tunnelled connection's route, fixed by its CONNECT request before the TLS handshake.
+pub struct Pinned {
+    /// The CONNECT target's host (routed, normalized).
+    pub target: String,
+    /// The connection's slot, taken when the CONNECT arrived; handed to its [`ConnState`].
+    pub permit: Mutex<Option<Permit>>,
 }
 
 /// Refused handshakes are logged at most a few times per interval: a client trying thousands
@@ -127,7 +138,16 @@ static REFUSED_LOG: Throttle = Throttle::new(10, Duration::from_secs(10));
 #[async_trait]
 impl TlsAccept for TlsCallbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let Some(sni) = ssl.servername(NameType::HOST_NAME).map(normalize) else {
+        let sni = ssl.servername(NameType::HOST_NAME).map(normalize);
+        let sni = match (&self.pin, sni) {
+            // In a tunnel the target's certificate, unless the client names another host this
+            // sidecar serves: it then gets that host's certificate, so that it can read the
+            // 421 every request on this connection is answered with.
+            (Some(pin), Some(sni)) if sni != pin.target && self.store.serves(&sni) => Some(sni),
+            (Some(pin), _) => Some(pin.target.clone()),
+            (None, sni) => sni,
+        };
+        let Some(sni) = sni else {
             if let Some(more) = REFUSED_LOG.allow() {
                 log::warn!(
                     "refused TLS handshake: the client sent no SNI (clients that dial an IP \
@@ -173,9 +193,23 @@ impl TlsAccept for TlsCallbacks {
         &self,
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let sni = ssl.servername(NameType::HOST_NAME).map(normalize)?;
-        let permit = self.limits.try_admit();
-        Some(Arc::new(ConnState::new(sni, permit)))
+        let sni = ssl.servername(NameType::HOST_NAME).map(normalize);
+        let Some(pin) = &self.pin else {
+            let permit = self.limits.try_admit();
+            return Some(Arc::new(ConnState::new(sni?, permit)));
+        };
+        // A client may leave out the SNI (the CONNECT target already names the host); one it
+        // sends must be the target's.
+        let misdirected = sni.filter(|s| *s != pin.target).map(|s| {
+            format!(
+                "Misdirected Request: TLS server name {s:?} does not match the CONNECT target {:?}",
+                pin.target
+            )
+        });
+        let permit = pin.permit.lock().ok().and_then(|mut p| p.take());
+        let mut state = ConnState::new(pin.target.clone(), permit);
+        state.misdirected = misdirected;
+        Some(Arc::new(state))
     }
 }
 

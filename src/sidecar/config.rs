@@ -18,6 +18,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::ca::CaFiles;
+use super::forward::Passthrough;
 use crate::host::Authority;
 use crate::sealing::TokenizerHeader;
 
@@ -98,6 +99,30 @@ struct FileSection {
     #[serde(default)]
     strip_headers: Option<Vec<String>>,
     routes: Vec<FileRoute>,
+    /// The forward-proxy (CONNECT) listener: a port (on both loopback addresses) or a list of
+    /// addresses. Off when absent.
+    #[serde(default)]
+    proxy_listen: Option<FileListen>,
+    /// A password clients of the proxy listener must send (`Proxy-Authorization: Basic`).
+    #[serde(default)]
+    proxy_auth: Option<FileProxyAuth>,
+    /// Unrouted hosts the proxy listener tunnels untouched (`name`, `*.suffix`, `:port`).
+    #[serde(default)]
+    passthrough: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileListen {
+    Port(u16),
+    Addresses(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxyAuth {
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,9 +244,20 @@ impl Default for ClientLimits {
     }
 }
 
+/// The forward-proxy (CONNECT) listener's settings.
+pub struct ProxyListener {
+    pub listen: Vec<String>,
+    /// The password its clients must send, if any.
+    pub password: Option<Zeroizing<String>>,
+    /// Unrouted hosts tunnelled without interception.
+    pub passthrough: Vec<Passthrough>,
+}
+
 /// The sidecar's validated runtime configuration.
 pub struct Sidecar {
     pub listen: Vec<String>,
+    /// The CONNECT listener, when configured.
+    pub proxy: Option<ProxyListener>,
     pub ca: CaFiles,
     pub leaf_lifetime: Duration,
     pub read_timeout: Duration,
@@ -394,6 +430,45 @@ fn make_route(
     })
 }
 
+/// Every address parses as `ip:port`, and there is at least one.
+fn check_addresses(w: &Where, key: &str, list: &[String]) -> Result<(), String> {
+    if list.is_empty() {
+        return Err(w.err(key, "needs at least one address"));
+    }
+    for (i, a) in list.iter().enumerate() {
+        a.parse::<std::net::SocketAddr>().map_err(|_| {
+            w.err(
+                &format!("{key}[{i}]"),
+                format!("{a:?} is not an address like 127.0.0.1:443 or [::1]:443"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The proxy listener's password, from an env var or a file (trimmed, not empty).
+fn read_password(
+    env: Option<&str>,
+    file: Option<&Path>,
+    get: Env,
+) -> Result<Zeroizing<String>, String> {
+    let text = Zeroizing::new(match (env, file) {
+        (Some(name), None) => {
+            get(name).ok_or_else(|| format!("environment variable {name} is not set"))?
+        }
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
+        }
+        (Some(_), Some(_)) => return Err("give password_env or password_file, not both".into()),
+        (None, None) => return Err("needs password_env or password_file".into()),
+    });
+    let password = text.trim();
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(Zeroizing::new(password.to_string()))
+}
+
 fn tokenizer_auth(
     env: Option<&str>,
     file: Option<&Path>,
@@ -434,17 +509,56 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
     let listen = s
         .listen
         .unwrap_or_else(|| loopback_listen(defaults::LISTEN_PORT));
-    if listen.is_empty() {
-        return Err(w.err("proxypilot.listen", "needs at least one address"));
-    }
-    for (i, a) in listen.iter().enumerate() {
-        a.parse::<std::net::SocketAddr>().map_err(|_| {
-            w.err(
-                &format!("proxypilot.listen[{i}]"),
-                format!("{a:?} is not an address like 127.0.0.1:443 or [::1]:443"),
-            )
-        })?;
-    }
+    check_addresses(&w, "proxypilot.listen", &listen)?;
+    let proxy = match s.proxy_listen {
+        None => {
+            for (key, set) in [
+                ("proxy_auth", s.proxy_auth.is_some()),
+                ("passthrough", !s.passthrough.is_empty()),
+            ] {
+                if set {
+                    return Err(w.err(
+                        &format!("proxypilot.{key}"),
+                        "only with proxy_listen (the CONNECT listener)",
+                    ));
+                }
+            }
+            None
+        }
+        Some(l) => {
+            let key = "proxypilot.proxy_listen";
+            let addrs = match l {
+                FileListen::Port(0) => return Err(w.err(key, "port 0 is not a port")),
+                FileListen::Port(p) => loopback_listen(p),
+                FileListen::Addresses(a) => a,
+            };
+            check_addresses(&w, key, &addrs)?;
+            if let Some(a) = addrs.iter().find(|a| listen.contains(a)) {
+                return Err(w.err(key, format!("{a} is also in proxypilot.listen")));
+            }
+            let password = match s.proxy_auth {
+                None => None,
+                Some(a) => Some(
+                    read_password(a.password_env.as_deref(), a.password_file.as_deref(), env)
+                        .map_err(|e| w.err("proxypilot.proxy_auth", e))?,
+                ),
+            };
+            let passthrough = s
+                .passthrough
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    Passthrough::parse(p)
+                        .map_err(|e| w.err(&format!("proxypilot.passthrough[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(ProxyListener {
+                listen: addrs,
+                password,
+                passthrough,
+            })
+        }
+    };
     let dur = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, String> {
         match v {
             None => Ok(default),
@@ -607,6 +721,7 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
     }
     Ok(Sidecar {
         listen,
+        proxy,
         ca,
         leaf_lifetime,
         read_timeout,
@@ -686,6 +801,7 @@ pub fn from_env(get: Env) -> Result<Sidecar, String> {
     }
     Ok(Sidecar {
         listen: loopback_listen(port),
+        proxy: None,
         ca: CaFiles {
             cert: PathBuf::from(defaults::DROPIN_CA_CERT),
             key: PathBuf::from(defaults::DROPIN_CA_KEY),

@@ -93,8 +93,11 @@ impl Drop for Permit {
 /// the connection.
 #[derive(Debug)]
 pub struct ConnState {
-    /// The TLS server name, normalized.
+    /// The host this connection is pinned to, normalized: the TLS server name, or the CONNECT
+    /// target for a connection in a tunnel.
     pub sni: String,
+    /// Why every request on this connection gets 421 (a tunnel whose SNI is not its target).
+    pub misdirected: Option<String>,
     permit: Option<Permit>,
     in_request: AtomicBool,
     /// Bumped when a request ends, so the stream sees each new wait for a request.
@@ -105,6 +108,7 @@ impl ConnState {
     pub fn new(sni: String, permit: Option<Permit>) -> Self {
         ConnState {
             sni,
+            misdirected: None,
             permit,
             in_request: AtomicBool::new(false),
             requests_done: AtomicU64::new(0),

@@ -97,6 +97,16 @@ pub static CLIENT_TIMEOUTS: Lazy<IntCounterVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+pub static CONNECTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "proxypilot_connect_total",
+        "Requests on the proxy (CONNECT) listener, by outcome: intercepted, passthrough, or why \
+         it was refused (auth, unrouted, ip, port, plain_http, busy, bad_request, ...)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 /// Render every registered metric in the Prometheus text format.
 pub fn render() -> String {
     // Touch the metrics so they appear (at zero) before their first event.
@@ -109,6 +119,7 @@ pub fn render() -> String {
     Lazy::force(&OPEN_CONNECTIONS);
     Lazy::force(&CONNECTIONS_REFUSED);
     Lazy::force(&CLIENT_TIMEOUTS);
+    Lazy::force(&CONNECTS);
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&prometheus::gather(), &mut out)

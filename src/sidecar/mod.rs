@@ -12,10 +12,12 @@ pub mod ca;
 pub mod certstore;
 pub mod config;
 pub mod conn;
+pub mod forward;
 pub mod metrics;
 pub mod proxy;
 pub mod spares;
 
+use openssl::ssl::{select_next_proto, AlpnError, SslAcceptor, SslAcceptorBuilder, SslMethod};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
@@ -61,12 +63,17 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         None
     };
     let listen = cfg.listen.clone();
+    let proxy_listen = cfg
+        .proxy
+        .as_ref()
+        .map(|p| p.listen.clone())
+        .unwrap_or_default();
     if !opt.upgrade {
         // Pingora binds in its listener threads, where a failure is a panic after startup has
         // been reported: try each address here first, so that a port in use or a missing
         // permission is a clear error and a non-zero exit before anything listens. (With -u the
         // addresses are in use by the process being replaced, on purpose.)
-        for addr in &listen {
+        for addr in listen.iter().chain(&proxy_listen) {
             std::net::TcpListener::bind(addr.as_str()).map_err(|e| {
                 let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
                     " (ports below 1024 need root, CAP_NET_BIND_SERVICE or \
@@ -88,20 +95,11 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         let mut tls = TlsSettings::with_callbacks(Box::new(TlsCallbacks {
             store: store.clone(),
             limits: limits.clone(),
+            pin: None,
         }))
         .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
         tls.enable_h2();
-        // TLS 1.2 and 1.3 only (pingora's default too; stated here so it cannot drift).
-        tls.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
-            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-        // Idle keep-alive connections give their TLS read/write buffers back (~34 KiB each).
-        tls.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
-        // OpenSSL buffers the socket itself (one read fetches whatever has arrived, up to a
-        // record), so the TCP layer below it needs no read buffer of its own: that buffer would
-        // stay allocated on every idle connection, where OpenSSL's is released when drained.
-        tls.set_read_ahead(true);
-        tls.set_num_tickets(NUM_TICKETS)
-            .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        tls_options(&mut tls).map_err(|e| format!("TLS settings for {addr}: {e}"))?;
         tls_per_addr.push((addr.clone(), tls));
     }
     let cfg = Arc::new(cfg);
@@ -113,6 +111,14 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
         cfg.ca.cert.display(),
         listen[0].rsplit(':').next().unwrap_or("443"),
     );
+    if let Some(p) = &cfg.proxy {
+        println!(
+            "proxypilot sidecar: proxy (CONNECT) listener on {}{}; clients set HTTPS_PROXY=http://{}",
+            p.listen.join(", "),
+            if p.password.is_some() { " with a password" } else { "" },
+            p.listen[0],
+        );
+    }
 
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
@@ -120,7 +126,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     let header_timeout = cfg.client.header_timeout;
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
-        SidecarProxy::new(cfg, limits.clone(), store, roots),
+        SidecarProxy::new(cfg.clone(), limits.clone(), store.clone(), roots),
     );
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(idle);
@@ -129,10 +135,39 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     h2.max_header_list_size(conn::MAX_HEADER_BYTES as u32);
     proxy.h2_options = Some(h2);
     // Every client stream goes through the connection guard (header and idle deadlines).
+    let proxy = Arc::new(proxy);
     let app = GuardedApp {
-        app: Arc::new(proxy),
-        limits,
+        app: proxy.clone(),
+        limits: limits.clone(),
     };
+    if !proxy_listen.is_empty() {
+        // The CONNECT listener: plain TCP; what it intercepts goes to the same HTTP proxy.
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+            .map_err(|e| format!("TLS settings for the proxy listener: {e}"))?;
+        acceptor.set_alpn_select_callback(|_, client| {
+            select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
+        });
+        tls_options(&mut acceptor)
+            .map_err(|e| format!("TLS settings for the proxy listener: {e}"))?;
+        let forward = forward::ForwardApp {
+            cfg: cfg.clone(),
+            store,
+            limits: limits.clone(),
+            acceptor: acceptor.build(),
+            http: Arc::new(GuardedApp {
+                app: proxy,
+                limits: app.limits.clone(),
+            }),
+        };
+        let mut svc = Service::new("proxypilot proxy listener".to_string(), forward);
+        for addr in &proxy_listen {
+            svc.add_listener(
+                ListenerConfig::tcp(addr.as_str())
+                    .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+            );
+        }
+        server.add_service(svc);
+    }
     let mut svc = Service::new("proxypilot sidecar".to_string(), app);
     svc.endpoints()
         .set_pre_tls_callback(Arc::new(conn::HelloDeadline(header_timeout)));
@@ -146,6 +181,19 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     server.add_service(svc);
     server.add_service(crate::memory::service());
     server.run_forever()
+}
+
+/// The TLS settings both listeners share (ALPN aside).
+fn tls_options(b: &mut SslAcceptorBuilder) -> Result<(), openssl::error::ErrorStack> {
+    // TLS 1.2 and 1.3 only (pingora's default too; stated here so it cannot drift).
+    b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))?;
+    // Idle keep-alive connections give their TLS read/write buffers back (~34 KiB each).
+    b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+    // OpenSSL buffers the socket itself (one read fetches whatever has arrived, up to a
+    // record), so the TCP layer below it needs no read buffer of its own: that buffer would
+    // stay allocated on every idle connection, where OpenSSL's is released when drained.
+    b.set_read_ahead(true);
+    b.set_num_tickets(NUM_TICKETS)
 }
 
 /// TLS 1.3 session tickets sent after each full handshake: one lets a client resume. OpenSSL

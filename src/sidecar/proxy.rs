@@ -1,8 +1,10 @@
 //! The sidecar proxy: TLS in with a minted certificate, through the tokenizer, response out.
 //!
-//! Owns: the per-request path of `proxypilot serve`. The route is chosen once, from the TLS
-//! server name (SNI); the request must name the same host (HTTP/1 `Host`, HTTP/2 `:authority`)
-//! or it gets 421 and nothing is forwarded. The client's dummy credentials and any
+//! Owns: the per-request path of `proxypilot serve`, for both listeners. The route is chosen
+//! once, from the host the connection is pinned to: the TLS server name (SNI), or in a CONNECT
+//! tunnel the CONNECT target (`forward.rs`; an SNI naming another host gets 421). The request
+//! must name the same host (HTTP/1 `Host`, HTTP/2 `:authority`) or it gets 421 and nothing is
+//! forwarded. The client's dummy credentials and any
 //! tokenizer-protocol headers it sent are removed, the route's sealed secret is added as
 //! `Proxy-Tokenizer`, and the request goes to the tokenizer as an absolute-form
 //! `http://HOST/path` over a pooled HTTP/1.1 connection. `https://localhost:PORT/` answers
@@ -207,6 +209,10 @@ impl ProxyHttp for SidecarProxy {
                 "Misdirected Request: no TLS server name on this connection",
             );
         };
+        if let Some(why) = &state.misdirected {
+            metrics::MISDIRECTED.inc();
+            return refuse(421, why.clone());
+        }
         let (sni, admitted) = (state.sni.clone(), state.admitted());
         if !admitted {
             session.set_keepalive(None);
@@ -228,7 +234,10 @@ impl ProxyHttp for SidecarProxy {
         }
         let method = &session.req_header().method;
         if method == http::Method::CONNECT {
-            return refuse(405, "CONNECT is not supported: this is not a forward proxy");
+            return refuse(
+                405,
+                "CONNECT is not served here: it is for the proxy listener (proxy_listen)",
+            );
         }
         if ["TRACE", "TRACK"]
             .iter()

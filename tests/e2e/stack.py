@@ -188,13 +188,14 @@ def sealed_env(tokenizer):
 
 def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", port=None,
                   tokenizer_extra="", section_extra="", env_extra=None, tokenizer_url=None,
-                  route_extra=None):
+                  route_extra=None, hosts_file=None):
     """A sidecar on 127.0.0.1 and [::1] at `port` (default: a free ephemeral port).
 
     `section_extra` adds lines to the `proxypilot:` section (indent 2), `tokenizer_extra` to its
     `tokenizer:` (indent 4), `route_extra` ({host: lines}) to a route (indent 6);
     `tokenizer_url` points it elsewhere than `tokenizer` (a stand-in), whose key still seals
-    the routes' secrets."""
+    the routes' secrets. With `hosts_file` the sidecar runs in a private mount namespace whose
+    /etc/hosts is that file (for names it dials itself: passthrough tunnels)."""
     d = workdir / name
     d.mkdir(exist_ok=True)
     port = port or free_port()
@@ -209,9 +210,19 @@ def start_sidecar(bin_path, workdir, tokenizer, name="sidecar", yaml_extra="", p
     conf.write_text(text + yaml_extra)
     env = sealed_env(tokenizer)
     env.update(env_extra or {})
-    p = Proc(name, [bin_path, "serve", "-c", str(conf)], env=env, log_dir=workdir)
+    args = [bin_path, "serve", "-c", str(conf)]
+    if hosts_file:
+        args = under_hosts(hosts_file, args)
+    p = Proc(name, args, env=env, log_dir=workdir)
     wait_port(port, p)
     return Sidecar(p, port, d / "ca" / "ca.pem", d, env)
+
+
+def under_hosts(hosts, args):
+    """`args` in a private mount namespace whose /etc/hosts is `hosts` (the machine's own hosts
+    file is never touched)."""
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+            str(hosts), *map(str, args)]
 
 
 def read_response(sock, timeout=10):

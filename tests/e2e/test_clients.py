@@ -11,39 +11,16 @@ arrived, and neither the dummy nor any Proxy-* header did.
 """
 
 import json
-import os
-import shutil
-import site
 import socket
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from stack import DUMMY, HOSTS, REAL, headers_of, skip_unless_ci, start_sidecar
+from clients import assert_real_only, python_client, require, run_client, sent_json
+from stack import DUMMY, HOSTS, headers_of, skip_unless_ci, start_sidecar, under_hosts
 
 # Names the clients may look up: the routed hosts, and github.com, which gh knows as its host.
 NAMES = HOSTS + ["github.com"]
-# Inherited variables that would send a client elsewhere, give it other credentials or other trust.
-SCRUB_PREFIXES = ("ANTHROPIC_", "OPENAI_", "GH_", "GITHUB_", "GIT_", "CURL_", "NODE_")
-SCRUB = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file", "ssl_cert_dir",
-         "requests_ca_bundle"}
-
-
-def require(tool):
-    """A client the tests need: scripts/setup.sh installs it, so in CI its absence is a failure."""
-    if shutil.which(tool):
-        return
-    skip_unless_ci(f"{tool} is not installed (scripts/setup.sh installs it)")
-
-
-def under_hosts(hosts, args):
-    """`args` in a private mount namespace whose /etc/hosts is `hosts`."""
-    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
-            str(hosts), *map(str, args)]
-
-
 @pytest.fixture(scope="module")
 def client_home(workdir):
     """An empty HOME, so no client reads a user's configuration or credentials."""
@@ -68,40 +45,6 @@ def hosts(workdir):
     addrs = {line.split()[0] for line in r.stdout.splitlines()}
     assert addrs == {"127.0.0.1", "::1"}, r.stdout
     return p
-
-
-def run_client(hosts, home, args, env=None, timeout=90):
-    full = {k: v for k, v in os.environ.items()
-            if k.lower() not in SCRUB and not k.upper().startswith(SCRUB_PREFIXES)}
-    # Python still finds packages a `pip install --user` put under the real HOME.
-    full.setdefault("PYTHONUSERBASE", site.getuserbase())
-    full.update(HOME=str(home), NO_COLOR="1", **(env or {}))
-    r = subprocess.run(under_hosts(hosts, args), capture_output=True, text=True, env=full,
-                       timeout=timeout)
-    assert r.returncode == 0, f"{args[0]} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-def python_client(hosts, home, script, *args, env=None):
-    r = run_client(hosts, home, [sys.executable, "-c", textwrap.dedent(script), *args], env=env)
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def assert_real_only(entry, host, header="authorization", fmt="Bearer {}"):
-    """The upstream got the route's real credential, in one header, and nothing of the dummy."""
-    h = headers_of(entry)
-    assert h.get(header) == [fmt.format(REAL[host])], h
-    for other in ("authorization", "x-api-key"):
-        if other != header:
-            assert other not in h, h
-    assert "proxy-tokenizer" not in h and "proxy-authorization" not in h, h
-    assert h["host"] == [host], h
-    assert DUMMY not in json.dumps(entry["headers"]).lower()
-    assert DUMMY not in entry["body_head"].lower()
-
-
-def sent_json(entry):
-    return json.loads(entry["body_head"])
 
 
 # --- curl -----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ TOKENS = {
 HMAC_KEY = b"trace-hmac-signing-key-0123456789"
 TOKENIZER_PW = "tok-password-TRACE-0123456789"
 DROPIN_PW = "dropin-password-TRACE-0123456789"
+PROXY_PW = "proxy-listener-password-TRACE-0123456789"
 CLIENT_PROXY_AUTH = "Bearer client-proxy-auth-TRACE-0123456789"
 QUERY_SECRET = "query-secret-TRACE-0123456789"
 BODY_TOKEN = "body-token-TRACE-0123456789"
@@ -124,6 +125,9 @@ def world(bin_path, workdir, pki, upstream):
                       "hmac key hex": HMAC_KEY.hex(),
                       "tokenizer password": TOKENIZER_PW, "dropin password": DROPIN_PW,
                       "dropin basic": base64.b64encode(f"u:{DROPIN_PW}".encode()).decode(),
+                      "proxy listener password": PROXY_PW,
+                      "proxy listener basic": base64.b64encode(
+                          f"agent:{PROXY_PW}".encode()).decode(),
                       "client proxy-authorization": CLIENT_PROXY_AUTH.split()[1],
                       "query secret": QUERY_SECRET, "body token": BODY_TOKEN,
                       "open key": open_key, "fly seed": FLY_SEED})
@@ -155,9 +159,12 @@ def world(bin_path, workdir, pki, upstream):
         wait_port(port, p)
         return port, sd / "ca" / "ca.pem"
 
+    w.proxy_port = free_port()
     w.main = sidecar("leak-sidecar", f"http://127.0.0.1:{tport}",
                      tokenizer_extra="    auth_env: PP_TOK_PW\n    fly_src_optin: true\n",
-                     env={"PP_TOK_PW": TOKENIZER_PW})
+                     section_extra=(f'  proxy_listen: ["127.0.0.1:{w.proxy_port}"]\n'
+                                    '  proxy_auth: {password_env: PP_PROXY_PW}\n'),
+                     env={"PP_TOK_PW": TOKENIZER_PW, "PP_PROXY_PW": PROXY_PW})
     w.down = sidecar("leak-sidecar-down", f"http://127.0.0.1:{free_port()}",
                      tokenizer_extra="    auth_env: PP_TOK_PW\n", env={"PP_TOK_PW": TOKENIZER_PW})
     hang = Standin(mode="hang").start()
@@ -251,6 +258,20 @@ def run_session(w):
         "Fly-Src-Signature": "AAAA"}) == 407
     assert send_tokenizer(w, w.tport, "api.github.com", {
         "Proxy-Tokenizer": "not-base64!!" + sealed_gh[:20]}) == 400
+    # the proxy listener: the password right, wrong, missing; routed, unrouted, plain HTTP
+    for password, target, want in [(PROXY_PW, "https://api.github.com/user", 200),
+                                   ("wrong-" + PROXY_PW[:8], "https://api.github.com/user", 407),
+                                   (None, "https://api.github.com/user", 407),
+                                   (PROXY_PW, "https://example.com/", 403),
+                                   (PROXY_PW, "http://api.github.com/user", 403)]:
+        auth = f"agent:{password}@" if password else ""
+        r = subprocess.run(["curl", "-sS", "-i", "-v", "--max-time", "20", "--cacert", str(ca),
+                            "-x", f"http://{auth}127.0.0.1:{w.proxy_port}", *dummy, target],
+                           capture_output=True, timeout=60)
+        out = r.stdout.decode("utf-8", "replace")
+        # (curl's -v shows the Proxy-Authorization it sent: not kept as something we answered)
+        w.seen.append(out)
+        assert status_of(out) == want, out
     # the metrics after all that
     w.metrics = curl(w, port, "/metrics", host="localhost", ca=ca)
     time.sleep(0.5)

@@ -233,3 +233,44 @@ def test_bootstrap_gives_up_with_a_clear_message_when_nothing_answers(workdir):
     assert r.returncode == 1
     assert "did not answer" in r.stderr and "within 2s" in r.stderr, r.stderr
     assert time.time() - t0 < 10
+
+
+def test_bootstrap_with_a_proxy_sets_the_proxy_environment_and_no_hosts(workdir, proxied,
+                                                                        upstream):
+    """`--proxy URL`: no hosts entries; the environment sends the runtimes to the proxy
+    listener, and --check passes through it with every runtime that reads HTTPS_PROXY. The API
+    names point at a loopback address where nothing listens, so a runtime that ignored the
+    proxy could reach nothing."""
+    if not shutil.which("unshare"):
+        skip_unless_ci("unshare is not installed")
+    box = Sandbox(workdir / "trust-sandbox-proxy")
+    hosts = box.d / "hosts"
+    blackhole = "".join(f"127.0.0.9 {h}\n" for h in HOSTS + ["github.com"])
+    hosts.write_text(hosts.read_text() + blackhole)
+    before = hosts.read_text()
+    m = upstream.mark()
+    r = box.run_inside(f"""
+        '{SCRIPT}' --port {proxied.sidecar.port} --proxy {proxied.url} --timeout 10 --check
+        echo "RESULT exit $?"
+        (set -a; . /etc/profile.d/proxypilot.sh; set +a
+         curl -sS --max-time 20 -H 'Authorization: Bearer dummy' -o /dev/null \\
+             -w 'RESULT curl %{{http_code}}\\n' https://api.github.com/user/via-proxy)
+    """)
+    out = r.stdout + r.stderr
+    assert results(out) == {"exit": "0", "curl": "200"}, out
+    assert hosts.read_text() == before  # no hosts entries
+    env = (box.trust_dir / "env").read_text()
+    for line in [f"HTTPS_PROXY={proxied.url}", f"https_proxy={proxied.url}",
+                 "NO_PROXY=localhost,127.0.0.1,::1", "NODE_USE_ENV_PROXY=1"]:
+        assert line + "\n" in env, env
+    assert "HTTP_PROXY" not in env.replace("HTTPS_PROXY", "")
+    table = {l.split()[0]: l.split()[1] for l in r.stdout.splitlines()
+             if len(l.split()) > 1 and l.split()[1] in ("ok", "FAIL", "warn", "-")}
+    for runtime in ["curl", "python3+certifi", "git", "gh"]:
+        assert table.get(runtime) == "ok", r.stdout
+    assert table.get("node") in ("ok", "warn"), r.stdout
+    seen = upstream.wait_since(m, n=3)
+    assert "/user/via-proxy" in {e["path"] for e in seen}
+    for e in seen:
+        if headers_of(e).get("authorization"):
+            assert headers_of(e)["authorization"] == [f"Bearer {REAL['api.github.com']}"], e
