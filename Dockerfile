@@ -22,6 +22,8 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# pingora-core and pingora-proxy with our patches ([patch.crates-io]; vendor/README.md).
+COPY vendor ./vendor
 # Dependencies only, against a placeholder crate (the crate has both a lib and a bin, so both
 # src/lib.rs and src/main.rs): this layer stays cached until Cargo.toml or Cargo.lock change, so
 # a source change does not compile OpenSSL, pingora and the rest again. The placeholder's own

@@ -448,7 +448,7 @@ impl ProxyHttp for SidecarProxy {
             access_json(session, ctx, route, status, secs);
             return;
         }
-        let level = if (200..400).contains(&status) || ctx.admin {
+        let level = if status == 101 || (200..400).contains(&status) || ctx.admin {
             log::Level::Info
         } else {
             log::Level::Warn

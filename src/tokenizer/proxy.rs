@@ -449,7 +449,7 @@ impl ProxyHttp for Tokenizer {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let level = if (200..400).contains(&status) {
+        let level = if status == 101 || (200..400).contains(&status) {
             log::Level::Info
         } else {
             log::Level::Warn
