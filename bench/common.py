@@ -29,7 +29,7 @@ BODY = json.dumps(
 # Settings
 
 
-EXTRAS = ("memory", "sse", "handshakes", "tokenizer", "mint")
+EXTRAS = ("memory", "sse", "handshakes", "connect", "tokenizer", "mint")
 
 
 @dataclass
@@ -48,6 +48,8 @@ class Settings:
     handshakes: int = 1000  # sequential full handshakes per server
     handshake_conns: int = 16  # concurrent handshakes, as many as close mode's connections
     mint_restarts: int = 10  # sidecar restarts for the first-handshake estimate
+    connect_new: int = 300  # new connections (one request each) per arm and run, CONNECT cost
+    connect_keepalive: int = 2000  # requests on one connection per arm and run, CONNECT cost
     isolated_modes: tuple = ("h1", "h2", "close", "serial")  # modes run by the isolated sidecars
     tls_relay_modes: tuple = ("h1", "serial")  # modes run through the TLS relay
     tokenizer_conns: int = 16  # client connections for "our tokenizer alone"
@@ -58,7 +60,7 @@ class Settings:
     @classmethod
     def quick(cls):
         return cls(duration=3.0, warmup=1.0, runs=1, many_duration=3.0, handshakes=200,
-                   mint_restarts=3, sse_streams=2)
+                   mint_restarts=3, sse_streams=2, connect_new=100, connect_keepalive=500)
 
 
 # --------------------------------------------------------------------------------------------

@@ -127,6 +127,40 @@ def handshake_load(port, name, conns, seconds):
     return time.perf_counter() - t0, times, len(failed)
 
 
+def open_tls(port, name, proxy_port=None):
+    """A TLS connection for `name`: straight to the TLS listener at `port`, or with
+    `proxy_port`, through `CONNECT name:443` on the proxy listener."""
+    ctx = tls_client_ctx()
+    if proxy_port is None:
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=name)
+    raw = socket.create_connection(("127.0.0.1", proxy_port))
+    raw.sendall(f"CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = raw.recv(4096)
+        if not d:
+            raise OSError("the proxy closed the connection")
+        head += d
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise OSError(head.split(b"\r\n")[0].decode(errors="replace"))
+    return ctx.wrap_socket(raw, server_hostname=name)
+
+
+def one_request(tls, name):
+    """GET over an open HTTP/1.1 connection; the response read whole (Content-Length)."""
+    tls.sendall(f"GET /repos/o/r HTTP/1.1\r\nHost: {name}\r\nAuthorization: Bearer dummy"
+                "\r\n\r\n".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += tls.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        body += tls.recv(65536)
+    return status
+
+
 # --------------------------------------------------------------------------------------------
 # h2load
 
@@ -459,6 +493,8 @@ class Bench(Servers):
             self.handshakes(iso_all)
         if "tokenizer" in want and self.chain:
             self.tokenizer_alone()
+        if "connect" in want:
+            self.connect_cost()
         if "mint" in want:
             self.mint_estimate()
             self.ca_bench()
@@ -598,6 +634,62 @@ class Bench(Servers):
             self.say(f"handshakes {key}: median {out[key]['p50']:.3f} ms")
         mint.stop()
         self.extra["handshakes"] = out
+
+    def connect_cost(self):
+        """The proxy (CONNECT) listener against the TLS listener of one sidecar alone (null
+        tokenizer), one client at a time: a new connection with one request (TCP, CONNECT for
+        the proxy listener, TLS, GET), and requests on one kept-alive connection. Both arms in
+        every round, alternating which goes first; the sidecar's CPU per connection/request is
+        read from /proc around each arm."""
+        pport = free_port()
+        p, port = self.start_sidecar("proxypilot-connect", self.null_port,
+                                     extra=f'\n  proxy_listen: ["127.0.0.1:{pport}"]')
+        wait_port(pport, p)
+        arms = {"TLS listener": None, "proxy listener (CONNECT)": pport}
+        n_new, n_ka = self.s.connect_new, self.s.connect_keepalive
+        res = {k: {"new": [], "ka": [], "cpu_new": 0.0, "cpu_ka": 0.0, "n_new": 0, "n_ka": 0}
+               for k in arms}
+        for key, pp in arms.items():  # warm-up (and a check that both answer 200)
+            for _ in range(20):
+                t = open_tls(port, HOST, pp)
+                assert one_request(t, HOST) == 200, key
+                t.close()
+        for rnd in range(self.s.runs):
+            order = list(arms.items())
+            if rnd % 2:
+                order.reverse()
+            for key, pp in order:
+                r = res[key]
+                c0 = cpu_seconds([p.pid])
+                for _ in range(n_new):
+                    t0 = time.perf_counter()
+                    t = open_tls(port, HOST, pp)
+                    one_request(t, HOST)
+                    r["new"].append(time.perf_counter() - t0)
+                    t.close()
+                r["cpu_new"] += cpu_seconds([p.pid]) - c0
+                r["n_new"] += n_new
+                t = open_tls(port, HOST, pp)
+                c0 = cpu_seconds([p.pid])
+                for _ in range(n_ka):
+                    t0 = time.perf_counter()
+                    one_request(t, HOST)
+                    r["ka"].append(time.perf_counter() - t0)
+                r["cpu_ka"] += cpu_seconds([p.pid]) - c0
+                r["n_ka"] += n_ka
+                t.close()
+        out = {}
+        for key, r in res.items():
+            new, ka = sorted(r["new"]), sorted(r["ka"])
+            out[key] = {"new_p50": pct(new, 0.5) * 1000, "new_p99": pct(new, 0.99) * 1000,
+                        "new_cpu_us": r["cpu_new"] / r["n_new"] * 1e6,
+                        "ka_p50": pct(ka, 0.5) * 1000, "ka_p99": pct(ka, 0.99) * 1000,
+                        "ka_cpu_us": r["cpu_ka"] / r["n_ka"] * 1e6,
+                        "n_new": r["n_new"], "n_ka": r["n_ka"]}
+            self.say(f"connect cost {key}: {out[key]}")
+        p.stop()
+        self.procs.remove(p)
+        self.extra["connect"] = out
 
     def ca_bench(self):
         """`proxypilot ca bench`: minting timed inside the binary (if this build has it)."""

@@ -240,6 +240,32 @@ def report(b, command):
         for k, v in b.extra["handshakes"].items():
             X.append(f"| {k} | {v['p50']:.3f} | {v['p99']:.3f} | {v['rate']:,.0f} |")
         X.append("")
+    if "connect" in b.extra:
+        c = b.extra["connect"]
+        X.append("The proxy (CONNECT) listener against the TLS listener, one sidecar alone (null "
+                 "tokenizer), one client at a time (Python): a new connection with one request "
+                 "(TCP, then `CONNECT` and its 200 for the proxy listener, TLS, GET) and requests "
+                 "on one kept-alive connection; both arms in every run, alternating which goes "
+                 "first; sidecar CPU from /proc around each arm:")
+        X.append("")
+        X.append("| listener | new connection + request: median ms | p99 ms | sidecar CPU µs | "
+                 "kept-alive request: median ms | p99 ms | sidecar CPU µs |")
+        X.append("|---|---:|---:|---:|---:|---:|---:|")
+        for k, v in c.items():
+            X.append(f"| {k} ({v['n_new']} + {v['n_ka']}) | {v['new_p50']:.3f} | "
+                     f"{v['new_p99']:.3f} | {v['new_cpu_us']:.0f} | {v['ka_p50']:.3f} | "
+                     f"{v['ka_p99']:.3f} | {v['ka_cpu_us']:.0f} |")
+        t, p = c.get("TLS listener"), c.get("proxy listener (CONNECT)")
+        if t and p:
+            X.append("")
+            X.append(f"CONNECT adds {p['new_p50'] - t['new_p50']:+.3f} ms and "
+                     f"{p['new_cpu_us'] - t['new_cpu_us']:+.0f} µs of sidecar CPU per new "
+                     f"connection ({ratio(p['new_cpu_us'], t['new_cpu_us']):.2f}x the CPU); a "
+                     f"request inside the tunnel costs {ratio(p['ka_cpu_us'], t['ka_cpu_us']):.2f}x "
+                     f"the CPU and {ratio(p['ka_p50'], t['ka_p50']):.2f}x the median latency of "
+                     "one on the "
+                     "TLS listener.")
+        X.append("")
     if "tokenizer" in b.extra:
         X.append(f"Our tokenizer alone (h2load over HTTP/1.1 -> `proxypilot tokenizer` -> the "
                  f"upstream over pooled TLS; origin-form with `Host: {HOST}` and the sealed "
