@@ -1067,6 +1067,57 @@ mod tests {
     }
 
     #[test]
+    fn proxy_listener_port_addresses_and_password_from_env_or_file() {
+        let route = "    - host: api.github.com\n      secret_env: PP_TEST_SEALED_PL\n";
+        let with =
+            |extra: &str| yaml(route).replace("  tokenizer:", &format!("{extra}  tokenizer:"));
+        let c = from_yaml(&with("  proxy_listen: 3128\n"), "c.yaml", &env).unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.listen, vec!["127.0.0.1:3128", "[::1]:3128"]);
+        assert!(p.password.is_none() && p.passthrough.is_empty());
+        assert!(from_yaml(&yaml(route), "c.yaml", &env)
+            .unwrap()
+            .proxy
+            .is_none());
+        // A password file is read once and trimmed; an empty one is refused.
+        let path = std::env::temp_dir().join(format!("pp-test-pw-{}", std::process::id()));
+        std::fs::write(&path, "  s3cret-from-file\n").unwrap();
+        let extra = format!(
+            "  proxy_listen: [\"127.0.0.1:3128\"]\n  proxy_auth: {{password_file: {}}}\n  passthrough: [\"*.pypi.org\"]\n",
+            path.display()
+        );
+        let p = from_yaml(&with(&extra), "c.yaml", &env)
+            .unwrap()
+            .proxy
+            .unwrap();
+        assert_eq!(
+            p.password.as_deref().map(|s| s.as_str()),
+            Some("s3cret-from-file")
+        );
+        assert_eq!(p.passthrough[0].text, "*.pypi.org");
+        std::fs::write(&path, " \n").unwrap();
+        let e = from_yaml(&with(&extra), "c.yaml", &env).err().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e, "c.yaml: proxypilot.proxy_auth: the password is empty");
+        let e = from_yaml(
+            &with("  proxy_listen: 3128\n  proxy_auth: {password_env: A, password_file: /x}\n"),
+            "c.yaml",
+            &env,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("not both"), "{e}");
+        let e = from_yaml(
+            &with("  proxy_listen: [\"127.0.0.1:8443\"]\n"),
+            "c.yaml",
+            &env,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("also in proxypilot.listen"), "{e}");
+    }
+
+    #[test]
     fn yaml_url_with_a_password_is_refused_without_echoing_it() {
         let y = yaml("    - host: api.github.com\n      secret_env: PP_TEST_SEALED_UI\n")
             .replace("http://127.0.0.1:8080", "http://me:hunter2@127.0.0.1:8080");
