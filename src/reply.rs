@@ -10,7 +10,6 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
-/// Refuse a request with `status` and a reason the client may read.
 /// The whole request body before anything is forwarded (at most `limit` bytes, else 413
 /// "request body too large {why}"). Retry buffering keeps the bytes for pingora to send on
 /// afterwards.
@@ -29,6 +28,7 @@ pub async fn read_whole_body(session: &mut Session, limit: usize, why: &str) -> 
     Ok(body)
 }
 
+/// Refuse a request with `status` and a reason the client may read.
 pub fn refuse<T>(status: u16, reason: impl Into<String>) -> Result<T> {
     Err(Error::explain(ErrorType::HTTPStatus(status), reason.into()))
 }

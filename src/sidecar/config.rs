@@ -10,7 +10,7 @@
 use http::HeaderValue;
 use serde::Deserialize;
 
-use crate::policy::{Policy, Rule};
+use crate::policy::Policy;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -446,35 +446,15 @@ fn check_addresses(w: &Where, key: &str, list: &[String]) -> Result<(), String> 
     Ok(())
 }
 
-/// The proxy listener's password, from an env var or a file (trimmed, not empty).
-fn read_password(
+/// A credential given by an environment variable or a file (`keys` name the two settings in
+/// errors): None when neither is set, trimmed, never printed.
+fn env_or_file(
     env: Option<&str>,
     file: Option<&Path>,
     get: Env,
-) -> Result<Zeroizing<String>, String> {
+    keys: (&str, &str),
+) -> Result<Option<Zeroizing<String>>, String> {
     let text = Zeroizing::new(match (env, file) {
-        (Some(name), None) => {
-            get(name).ok_or_else(|| format!("environment variable {name} is not set"))?
-        }
-        (None, Some(p)) => {
-            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
-        }
-        (Some(_), Some(_)) => return Err("give password_env or password_file, not both".into()),
-        (None, None) => return Err("needs password_env or password_file".into()),
-    });
-    let password = text.trim();
-    if password.is_empty() {
-        return Err("the password is empty".into());
-    }
-    Ok(Zeroizing::new(password.to_string()))
-}
-
-fn tokenizer_auth(
-    env: Option<&str>,
-    file: Option<&Path>,
-    get: Env,
-) -> Result<Option<HeaderValue>, String> {
-    let secret = match (env, file) {
         (None, None) => return Ok(None),
         (Some(name), None) => {
             get(name).ok_or_else(|| format!("environment variable {name} is not set"))?
@@ -482,9 +462,34 @@ fn tokenizer_auth(
         (None, Some(p)) => {
             std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
         }
-        (Some(_), Some(_)) => return Err("give auth_env or auth_file, not both".into()),
+        (Some(_), Some(_)) => return Err(format!("give {} or {}, not both", keys.0, keys.1)),
+    });
+    Ok(Some(Zeroizing::new(text.trim().to_string())))
+}
+
+/// The proxy listener's password, from an env var or a file (trimmed, not empty).
+fn read_password(
+    env: Option<&str>,
+    file: Option<&Path>,
+    get: Env,
+) -> Result<Zeroizing<String>, String> {
+    let keys = ("password_env", "password_file");
+    match env_or_file(env, file, get, keys)? {
+        None => Err("needs password_env or password_file".into()),
+        Some(p) if p.is_empty() => Err("the password is empty".into()),
+        Some(p) => Ok(p),
+    }
+}
+
+fn tokenizer_auth(
+    env: Option<&str>,
+    file: Option<&Path>,
+    get: Env,
+) -> Result<Option<HeaderValue>, String> {
+    let Some(secret) = env_or_file(env, file, get, ("auth_env", "auth_file"))? else {
+        return Ok(None);
     };
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", secret.trim()))
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", secret.as_str()))
         .map_err(|_| "the tokenizer credential is not a valid header value".to_string())?;
     v.set_sensitive(true);
     Ok(Some(v))
@@ -704,16 +709,9 @@ pub fn from_yaml(text: &str, source: &str, env: Env) -> Result<Sidecar, String> 
                 .map_err(|e| w.err(&format!("{key}.strip_headers"), e))?,
         );
         let mut route = make_route(&host, sealed, r.params, strip).map_err(|e| w.err(&key, e))?;
-        let rules = |name: &str, texts: &[String]| -> Result<Vec<Rule>, String> {
-            let parse = |(j, t): (usize, &String)| {
-                Rule::parse(t).map_err(|e| w.err(&format!("{key}.{name}[{j}]"), e))
-            };
-            texts.iter().enumerate().map(parse).collect()
-        };
-        let policy = Policy {
-            allow: rules("allow", &r.allow)?,
-            deny: rules("deny", &r.deny)?,
-        };
+        // Policy::parse names the list and position (`allow[1]: ...`), below this route's key.
+        let policy =
+            Policy::parse(&r.allow, &r.deny).map_err(|e| format!("{source}: {key}.{e}"))?;
         route.policy = (!policy.is_empty()).then_some(policy);
         if routes.insert(host.clone(), Arc::new(route)).is_some() {
             return Err(w.err(&format!("{key}.host"), format!("{host} is routed twice")));

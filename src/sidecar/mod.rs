@@ -156,7 +156,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
             acceptor: acceptor.build(),
             http: Arc::new(GuardedApp {
                 app: proxy,
-                limits: app.limits.clone(),
+                limits: limits.clone(),
             }),
         };
         let mut svc = Service::new("proxypilot proxy listener".to_string(), forward);

@@ -195,19 +195,26 @@ def test_streamed_body_has_exactly_one_terminator(rec_sidecar, recorder, proto, 
     """A body of unknown length goes to the tokenizer chunked; it must end with exactly one
     0\\r\\n\\r\\n. A second one would sit on the pooled connection as the start of the next
     request. curl -T - streams stdin (HTTP/2: DATA frames, the last one empty with END_STREAM)."""
+    reqs = _upload_then_another(rec_sidecar, recorder, proto, data, "/upload")
+    assert reqs[0].body == data and reqs[0].chunked
+
+
+def _upload_then_another(s, recorder, proto, data, path):
+    """Upload `data` to `path`, then a second request, which lands on the pooled connection
+    and shows whether stray bytes were left on it: both reach the recorder in order, and every
+    byte of every connection belongs to one request. Returns the recorded requests."""
     recorder.clear()
-    out = _upload(rec_sidecar, proto, data)
+    out = _upload(s, proto, data, path=path)
     assert out.endswith("\n200"), out
     time.sleep(SETTLE)
-    # A second request on the (pooled) connection shows whether stray bytes were left on it.
-    code, _, body, _ = rec_sidecar.curl("/after", extra=["--http1.1"])
+    code, _, body, _ = s.curl("/after", extra=["--http1.1"])
     assert code == 200, body
     reqs = recorder.wait_requests(2)
     time.sleep(SETTLE)
-    assert [r.target.rsplit("/", 1)[1] for r in reqs] == ["upload", "after"], reqs
-    assert reqs[0].body == data and reqs[0].chunked
+    assert [r.target.rsplit("/", 1)[1] for r in reqs] == [path.lstrip("/"), "after"], reqs
     for c in recorder.conns:
         assert clean(c), (bytes(c.raw)[-200:], bytes(c.stray))
+    return reqs
 
 
 @pytest.fixture(scope="module")
@@ -225,18 +232,8 @@ def rec_gql_sidecar(bin_path, workdir, tokenizer, recorder):
 def test_a_body_read_for_graphql_rules_is_forwarded_once_and_whole(rec_gql_sidecar, recorder,
                                                                    proto):
     data = b'{"query": "query { viewer { login } }"}'
-    recorder.clear()
-    out = _upload(rec_gql_sidecar, proto, data, path="/graphql")
-    assert out.endswith("\n200"), out
-    time.sleep(SETTLE)
-    code, _, body, _ = rec_gql_sidecar.curl("/after", extra=["--http1.1"])
-    assert code == 200, body
-    reqs = recorder.wait_requests(2)
-    time.sleep(SETTLE)
-    assert [r.target.rsplit("/", 1)[1] for r in reqs] == ["graphql", "after"], reqs
+    reqs = _upload_then_another(rec_gql_sidecar, recorder, proto, data, "/graphql")
     assert reqs[0].body == data
-    for c in recorder.conns:
-        assert clean(c), (bytes(c.raw)[-200:], bytes(c.stray))
 
 
 def test_empty_content_length_post_is_clean(rec_sidecar, recorder):
