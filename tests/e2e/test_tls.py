@@ -105,3 +105,55 @@ def test_tls13_session_resumption(sidecar):
     assert not reused and first is not None and first.has_ticket
     _, reused = get(first)
     assert reused
+
+
+def _response_records(port, ca, request):
+    """Send `request` over TLS 1.2 and return the plaintext answer and the record types it
+    came in (TLS 1.2: no session tickets among the answer's records)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="api.github.com")
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(outgoing.read())
+                incoming.write(s.recv(65536))
+        s.sendall(outgoing.read())
+        tls.write(request)
+        s.sendall(outgoing.read())
+        raw, plain = b"", b""
+        while True:
+            head, sep, body = plain.partition(b"\r\n\r\n")
+            m = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if sep and m and len(body) >= int(m.group(1)):
+                break
+            data = s.recv(65536)
+            assert data, plain
+            raw += data
+            incoming.write(data)
+            try:
+                while chunk := tls.read(65536):
+                    plain += chunk
+            except ssl.SSLWantReadError:
+                pass
+    types, i = [], 0
+    while i + 5 <= len(raw):
+        types.append(raw[i])
+        i += 5 + int.from_bytes(raw[i + 3:i + 5], "big")
+    return plain, types
+
+
+def test_a_small_answer_is_one_tls_record(sidecar):
+    """The answer's header and a small body leave in one TLS record, not one each (pingora
+    wrote them separately: one more record to encrypt, frame and send per response)."""
+    plain, types = _response_records(
+        sidecar.port, sidecar.ca,
+        b"GET /user HTTP/1.1\r\nHost: api.github.com\r\nAuthorization: Bearer dummy\r\n\r\n")
+    assert plain.startswith(b"HTTP/1.1 200"), plain[:200]
+    assert len(plain) < 4096, len(plain)
+    assert types == [23], types  # one application_data record

@@ -39,7 +39,44 @@ pub struct SslStream<T> {
     ssl: InnerSsl<T>,
     digest: Option<Arc<SslDigest>>,
     pub(super) timing: TimingDigest,
+    /// Plaintext written but not yet handed to TLS (proxypilot patch: see vendor/README.md).
+    /// Small writes (an HTTP header, then a small body) wait here until a flush, a shutdown
+    /// or a write that does not fit, and go out as one TLS record instead of one each.
+    pending: Vec<u8>,
+    /// Hands `pending` to TLS without waiting when the stream is dropped (a plain function
+    /// made in [`Self::new`], where `T` is known to be a stream: `Drop` cannot ask for that).
+    write_on_drop: fn(&mut InnerSsl<T>, &mut Vec<u8>),
 }
+
+impl<T> Drop for SslStream<T> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            (self.write_on_drop)(&mut self.ssl, &mut self.pending);
+        }
+    }
+}
+
+/// Best effort, like the TCP stream under TLS, which tries to send its buffer when dropped: a
+/// response cut short by an upstream error still reaches the client as far as it got.
+fn write_now<T: AsyncRead + AsyncWrite + Unpin>(ssl: &mut InnerSsl<T>, pending: &mut Vec<u8>) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while !pending.is_empty() {
+        match Pin::new(&mut *ssl).poll_write(&mut cx, pending) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                pending.drain(..n);
+            }
+            _ => break,
+        }
+    }
+}
+
+/// The most plaintext held back. Small, so that a body sent without a flush (pingora flushes a
+/// body of known length only at its end) waits little longer than in the 1460-byte buffer of
+/// the TCP stream under TLS; larger writes go straight through, as before.
+const COALESCE_MAX: usize = 4096;
+/// The first allocation for held-back plaintext: a header with a small body fits, and it stays
+/// in the allocator's per-thread cache (up to 1032 bytes).
+const PENDING_START: usize = 1024;
 
 impl<T> SslStream<T>
 where
@@ -57,6 +94,8 @@ where
             ssl,
             digest: None,
             timing: Default::default(),
+            pending: Vec::new(),
+            write_on_drop: write_now::<T>,
         })
     }
 
@@ -133,6 +172,59 @@ where
     }
 }
 
+impl<T> SslStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Hand the held-back plaintext to TLS. Its memory is given back once written, so that an
+    /// idle connection holds none.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            Self::clear_error();
+            let n = match Pin::new(&mut self.ssl).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "TLS stream took no bytes",
+                    )))
+                }
+                Poll::Ready(Ok(n)) => n,
+                other => return other.map(|r| r.map(|_| ())),
+            };
+            self.pending.drain(..n);
+        }
+        self.pending = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+
+    fn hold(&mut self, buf: &[u8]) {
+        if self.pending.capacity() == 0 {
+            // Room for a header and a small body at once: one allocation, not a grow per write.
+            self.pending.reserve(buf.len().max(PENDING_START));
+        }
+        self.pending.extend_from_slice(buf);
+    }
+
+    /// Hold `buf` back if it fits beside what is already held; otherwise write what is held,
+    /// then hold `buf` if it is small or write it straight through.
+    fn poll_coalesce(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.pending.len() + buf.len() > COALESCE_MAX {
+            if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !self.pending.is_empty() {
+                return Poll::Pending;
+            }
+            if buf.len() >= COALESCE_MAX {
+                Self::clear_error();
+                return Pin::new(&mut self.ssl).poll_write(cx, buf);
+            }
+        }
+        self.hold(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+}
+
 impl<T> AsyncWrite for SslStream<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -142,16 +234,19 @@ where
         cx: &mut Context,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Self::clear_error();
-        Pin::new(&mut self.ssl).poll_write(cx, buf)
+        // No TLS call here unless the write does not fit: the error queue is cleared right
+        // before each TLS call instead (it costs a thread-local lookup every time).
+        self.poll_coalesce(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        Self::clear_error();
+        // Flushing the stream under TLS makes no TLS call; writing what is held does.
+        std::task::ready!(self.poll_write_pending(cx))?;
         Pin::new(&mut self.ssl).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_write_pending(cx))?;
         Self::clear_error();
         Pin::new(&mut self.ssl).poll_shutdown(cx)
     }
@@ -161,8 +256,15 @@ where
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Self::clear_error();
-        Pin::new(&mut self.ssl).poll_write_vectored(cx, bufs)
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.pending.len() + total <= COALESCE_MAX {
+            for b in bufs {
+                self.hold(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        self.poll_coalesce(cx, first)
     }
 
     fn is_write_vectored(&self) -> bool {
