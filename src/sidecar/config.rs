@@ -199,8 +199,8 @@ pub struct Route {
     pub host_header: HeaderValue,
     /// The complete `Proxy-Tokenizer` value (marked sensitive).
     pub proxy_tokenizer: HeaderValue,
-    /// Lower-case header names removed from the client's request.
-    pub strip: Vec<String>,
+    /// Header names removed from the client's request (parsed once here, not per request).
+    pub strip: Vec<http::HeaderName>,
     /// Which methods and paths may go out (None: all).
     pub policy: Option<Policy>,
 }
@@ -420,6 +420,10 @@ fn make_route(
     )?);
     all.sort();
     all.dedup();
+    let all = all
+        .iter()
+        .map(|h| http::HeaderName::from_bytes(h.as_bytes()).expect("checked by header_names"))
+        .collect();
     Ok(Route {
         host: host.to_string(),
         host_header: HeaderValue::from_str(host)
@@ -857,8 +861,10 @@ mod tests {
             &yaml("    - host: API.GitHub.com\n      secret_env: PP_TEST_SEALED_A\n      params: {dst: X-Api-Key}\n"), "t.yaml", &env)
         .unwrap();
         let r = &c.routes["api.github.com"];
-        assert!(r.strip.contains(&"authorization".to_string()));
-        assert!(r.strip.contains(&"proxy-tokenizer".to_string()));
+        assert!(r.strip.contains(&http::header::AUTHORIZATION));
+        assert!(r
+            .strip
+            .contains(&http::HeaderName::from_static("proxy-tokenizer")));
         assert!(r.proxy_tokenizer.is_sensitive());
         assert!(r
             .proxy_tokenizer

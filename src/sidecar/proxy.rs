@@ -67,40 +67,53 @@ pub struct Ctx {
     tokenizer_reused: Option<bool>,
 }
 
-/// The hosts a request names for its target, each parsed strictly and normalized: the URI
-/// authority (HTTP/2 `:authority`, or an absolute-form HTTP/1 target) and every Host header.
-/// Each must equal the SNI; one that cannot be parsed is a 400.
-fn named_hosts(req: &RequestHeader) -> Result<Vec<String>> {
-    let parse = |text: &[u8], what: &str| -> Result<String> {
+/// The first host a request names for its target that is not `sni`, if any. Named are the
+/// URI authority (HTTP/2 `:authority`, or an absolute-form HTTP/1 target) and every Host
+/// header, each parsed strictly and normalized before it is compared; one that cannot be parsed
+/// is a 400, and so is a request that names no host.
+fn other_named_host(req: &RequestHeader, sni: &str) -> Result<Option<String>> {
+    let other = |text: &[u8], what: &str| -> Result<Option<String>> {
+        if text == sni.as_bytes() {
+            // The common case, and already normalized: nothing to parse or allocate.
+            return Ok(None);
+        }
         let text = std::str::from_utf8(text).map_err(|_| {
             Error::explain(ErrorType::HTTPStatus(400), format!("{what} is not text"))
         })?;
-        Authority::parse(text)
+        let host = Authority::parse(text)
             .map(|a| a.host)
-            .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), format!("{what}: {e}")))
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(400), format!("{what}: {e}")))?;
+        Ok((host != sni).then_some(host))
     };
-    let mut names = Vec::new();
+    let mut named = false;
+    let mut first_other = None;
+    let mut check = |text: &[u8], what: &str| -> Result<()> {
+        named = true;
+        let o = other(text, what)?;
+        if first_other.is_none() {
+            first_other = o;
+        }
+        Ok(())
+    };
     if let Some(a) = req.uri.authority() {
-        names.push(parse(a.as_str().as_bytes(), "request authority")?);
+        check(a.as_str().as_bytes(), "request authority")?;
     }
     match raw_target_authority(req.raw_path()) {
-        RawTargetAuthority::Absolute { authority, .. } => {
-            names.push(parse(authority, "request target")?);
-        }
+        RawTargetAuthority::Absolute { authority, .. } => check(authority, "request target")?,
         RawTargetAuthority::AmbiguousAuthority => return refuse(400, "ambiguous request target"),
         RawTargetAuthority::None => {}
     }
-    let hosts: Vec<_> = req.headers.get_all(http::header::HOST).iter().collect();
-    if hosts.len() > 1 {
-        return refuse(400, "more than one Host header");
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    if let Some(h) = hosts.next() {
+        if hosts.next().is_some() {
+            return refuse(400, "more than one Host header");
+        }
+        check(h.as_bytes(), "Host")?;
     }
-    for h in hosts {
-        names.push(parse(h.as_bytes(), "Host")?);
-    }
-    if names.is_empty() {
+    if !named {
         return refuse(400, "missing Host header");
     }
-    Ok(names)
+    Ok(first_other)
 }
 
 impl SidecarProxy {
@@ -259,16 +272,14 @@ impl ProxyHttp for SidecarProxy {
             // `*` (OPTIONS) or an authority-form target: nothing to forward to a routed path.
             return refuse(400, "request target must be a path starting with /");
         }
-        for name in named_hosts(session.req_header())? {
-            if name != sni {
-                metrics::MISDIRECTED.inc();
-                return refuse(
-                    421,
-                    format!(
-                        "Misdirected Request: host {name:?} does not match the TLS server name {sni:?}"
-                    ),
-                );
-            }
+        if let Some(name) = other_named_host(session.req_header(), &sni)? {
+            metrics::MISDIRECTED.inc();
+            return refuse(
+                421,
+                format!(
+                    "Misdirected Request: host {name:?} does not match the TLS server name {sni:?}"
+                ),
+            );
         }
         if sni == "localhost" {
             ctx.admin = true;
@@ -347,8 +358,8 @@ impl ProxyHttp for SidecarProxy {
         for h in &route.strip {
             // Most requests carry one of these at most: look before removing (a removal also
             // searches pingora's case-preserving name map).
-            if req.headers.contains_key(h.as_str()) {
-                req.remove_header(h.as_str());
+            if req.headers.contains_key(h) {
+                req.remove_header(h);
             }
         }
         let pq = req
@@ -502,26 +513,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_from_h1_and_h2_requests() {
+    fn hosts_named_by_h1_and_h2_requests() {
+        let sni = "api.github.com";
         let mut h1 = RequestHeader::build("GET", b"/user", None).unwrap();
-        h1.insert_header("Host", "api.github.com:8443").unwrap();
-        assert_eq!(named_hosts(&h1).unwrap(), vec!["api.github.com"]);
+        h1.insert_header("Host", "api.github.com").unwrap();
+        assert_eq!(other_named_host(&h1, sni).unwrap(), None);
+        // Parsed and normalized before the comparison: a port, upper case, a trailing dot.
+        for same in ["api.github.com:8443", "API.GitHub.COM", "api.github.com."] {
+            let mut r = RequestHeader::build("GET", b"/user", None).unwrap();
+            r.insert_header("Host", same).unwrap();
+            assert_eq!(other_named_host(&r, sni).unwrap(), None, "{same}");
+        }
         let mut abs = RequestHeader::build("GET", b"https://api.github.com/user", None).unwrap();
         abs.insert_header("Host", "evil.example.com").unwrap();
         assert_eq!(
-            named_hosts(&abs).unwrap(),
-            vec!["api.github.com", "evil.example.com"]
+            other_named_host(&abs, sni).unwrap().as_deref(),
+            Some("evil.example.com")
+        );
+        let mut target = RequestHeader::build("GET", b"https://Evil.example/user", None).unwrap();
+        target.insert_header("Host", "api.github.com").unwrap();
+        assert_eq!(
+            other_named_host(&target, sni).unwrap().as_deref(),
+            Some("evil.example")
         );
         let mut bogus = RequestHeader::build("GET", b"/user", None).unwrap();
         bogus
             .insert_header("Host", "api.github.com:1.evil.example")
             .unwrap();
-        assert!(named_hosts(&bogus).is_err());
+        assert!(other_named_host(&bogus, sni).is_err());
+        // An unparseable name is a 400 even after one that differs.
+        let mut both = RequestHeader::build("GET", b"https://evil.example/", None).unwrap();
+        both.insert_header("Host", "api.github.com:x").unwrap();
+        assert!(other_named_host(&both, sni).is_err());
         let none = RequestHeader::build("GET", b"/", None).unwrap();
-        assert!(named_hosts(&none).is_err());
+        assert!(other_named_host(&none, sni).is_err());
         let mut two = RequestHeader::build("GET", b"/", None).unwrap();
-        two.append_header("Host", "a").unwrap();
-        two.append_header("Host", "b").unwrap();
-        assert!(named_hosts(&two).is_err());
+        two.append_header("Host", sni).unwrap();
+        two.append_header("Host", sni).unwrap();
+        assert!(other_named_host(&two, sni).is_err());
     }
 }
