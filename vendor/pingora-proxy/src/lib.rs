@@ -1592,7 +1592,10 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // The request's own state (the whole proxy path) is boxed while it runs, so that a
+        // keep-alive connection waiting for its next request does not hold room for it
+        // (proxypilot patch: see vendor/README.md).
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {
