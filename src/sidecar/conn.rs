@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::metrics;
@@ -39,7 +40,15 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     open: AtomicUsize,
+    /// TLS handshakes that may run at once, on all listeners together.
+    pub handshakes: Arc<Semaphore>,
 }
+
+/// At most this many TLS handshakes run at once; more wait for a turn. Handshakes are CPU work
+/// (a few hundred microseconds each), so more at once only adds memory: each one in flight
+/// holds OpenSSL's handshake state, and 1000 clients connecting at the same moment raised the
+/// peak RSS by about 18 MiB (`make bench`'s memory row, issue 14's note).
+pub const MAX_HANDSHAKES: usize = 32;
 
 impl Limits {
     pub fn new(max_connections: usize, header_timeout: Duration, idle_timeout: Duration) -> Self {
@@ -48,7 +57,17 @@ impl Limits {
             header_timeout,
             idle_timeout,
             open: AtomicUsize::new(0),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         }
+    }
+
+    /// A turn to run a TLS handshake (see [`MAX_HANDSHAKES`]), held until it ends.
+    pub async fn handshake_turn(&self) -> OwnedSemaphorePermit {
+        self.handshakes
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the handshake semaphore is never closed")
     }
 
     /// A permit for one more connection, unless `max_connections` are open.
@@ -141,13 +160,28 @@ pub fn state_of(digest: Option<&Arc<SslDigest>>) -> Option<&ConnState> {
 /// the deadline, and be a TLS handshake record at all. A connection that sends nothing, a few
 /// bytes, or not TLS is dropped then rather than after pingora's 60 s handshake timeout. The
 /// bytes read are put back for the handshake.
-pub struct HelloDeadline(pub Duration);
+pub struct HelloDeadline(pub Arc<Limits>);
 
 /// Largest TLS record (RFC 8446 §5.1: 2^14 plus room for expansion).
 const MAX_RECORD: usize = (1 << 14) + 2048;
 
 #[async_trait]
 impl PreTlsProcess for HelloDeadline {
+    /// Once the ClientHello is in, wait for a handshake turn and hold it through the handshake.
+    async fn process_and_hold(
+        &self,
+        stream: &mut L4Stream,
+    ) -> pingora_error::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        self.process(stream).await?;
+        Ok(Some(Box::new(self.0.handshake_turn().await)))
+    }
+
+    /// The rest of the handshake gets the header deadline too (pingora alone allows 60 s): a
+    /// client that sends its ClientHello and stalls holds a turn no longer than that.
+    fn handshake_timeout(&self) -> Option<Duration> {
+        Some(self.0.header_timeout)
+    }
+
     async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
         use pingora_error::{Error, ErrorType};
         use tokio::io::AsyncReadExt;
@@ -164,7 +198,7 @@ impl PreTlsProcess for HelloDeadline {
             stream.read_exact(&mut record[5..]).await?;
             Ok(Some(record))
         };
-        match tokio::time::timeout(self.0, read).await {
+        match tokio::time::timeout(self.0.header_timeout, read).await {
             Ok(Ok(Some(record))) => {
                 stream.rewind(&record);
                 Ok(())

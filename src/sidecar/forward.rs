@@ -434,6 +434,7 @@ impl<A: ServerApp + Send + Sync + 'static> ForwardApp<A> {
                 permit: Mutex::new(Some(permit)),
             }),
         };
+        let turn = self.limits.handshake_turn().await;
         let handshake = handshake_with_callback(&self.acceptor, l4, &callbacks);
         let tls = match tokio::time::timeout(self.limits.header_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
@@ -448,6 +449,7 @@ impl<A: ServerApp + Send + Sync + 'static> ForwardApp<A> {
                 return;
             }
         };
+        drop(turn);
         drop(callbacks);
         self.http.process_new(Box::new(tls), shutdown).await;
     }

@@ -123,7 +123,6 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let idle = cfg.client.idle_timeout;
-    let header_timeout = cfg.client.header_timeout;
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         SidecarProxy::new(cfg.clone(), limits.clone(), store.clone(), roots),
@@ -170,7 +169,7 @@ pub fn serve(cfg: Sidecar, opt: Opt, conf: ServerConf, recreate_ca: bool) -> Res
     }
     let mut svc = Service::new("proxypilot sidecar".to_string(), app);
     svc.endpoints()
-        .set_pre_tls_callback(Arc::new(conn::HelloDeadline(header_timeout)));
+        .set_pre_tls_callback(Arc::new(conn::HelloDeadline(limits.clone())));
     for (addr, tls) in tls_per_addr {
         svc.add_listener(
             ListenerConfig::tcp(addr)

@@ -657,6 +657,53 @@ def test_stalled_handshake_is_closed_by_a_deadline(short_timeout_sidecar):
     expect_safe(end in ("eof", "reset"), f"still open after 5 s (client_idle_timeout 2 s): {got!r}")
 
 
+def _stalled_after_the_hello(s):
+    """A connection whose ClientHello the sidecar answered and that then says nothing more: the
+    sidecar is in the middle of its handshake, waiting for the client's Finished."""
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    sock.sendall(client_hello(s.ca))
+    assert sock.recv(4096)[:1] == b"\x16"  # the server's flight began
+    return sock
+
+
+def test_a_handshake_stalled_after_the_hello_is_cut_by_the_header_deadline(short_timeout_sidecar):
+    s = short_timeout_sidecar
+    sock = _stalled_after_the_hello(s)
+    t0, end = time.time(), "open"
+    try:
+        while sock.recv(4096):
+            pass
+        end = "eof"
+    except (socket.timeout, TimeoutError):
+        end = "still open"
+    except ConnectionResetError:
+        end = "reset"
+    finally:
+        sock.close()
+    took = time.time() - t0
+    expect_safe(end in ("eof", "reset") and took < 5,
+                f"{end} after {took:.1f} s (client_header_timeout 2 s; pingora alone allows 60 s)")
+
+
+def test_handshakes_past_the_limit_wait_for_a_turn(short_timeout_sidecar):
+    """At most 32 handshakes run at once (conn::MAX_HANDSHAKES): with 32 clients stalled in the
+    middle of theirs, the next client's handshake waits until the header deadline (2 s) cuts
+    them, then succeeds."""
+    s = short_timeout_sidecar
+    stalled = [_stalled_after_the_hello(s) for _ in range(32)]
+    try:
+        t0 = time.time()
+        tls_connect(s, timeout=10).close()
+        took = time.time() - t0
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert 1.0 < took < 5, took
+    t0 = time.time()
+    tls_connect(s, timeout=10).close()  # and with nothing stalled, no wait
+    assert time.time() - t0 < 1.0
+
+
 def sni_of_length(n):
     """A DNS name of n characters made of valid labels (at most 63 letters each)."""
     labels, left = [], n

@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{Error, ErrorType, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -156,6 +156,23 @@ pub trait PreTlsProcess: Send + Sync {
     ///
     /// If this method returns an error, the connection will be dropped.
     async fn process(&self, stream: &mut L4Stream) -> Result<()>;
+
+    /// Like [`Self::process`]; what it returns is held until the TLS handshake that follows
+    /// ends (for example a permit that bounds how many handshakes run at once), and the
+    /// handshake must end within [`Self::handshake_timeout`] (proxypilot patch: see
+    /// vendor/README.md).
+    async fn process_and_hold(
+        &self,
+        stream: &mut L4Stream,
+    ) -> Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        self.process(stream).await.map(|()| None)
+    }
+
+    /// How long the TLS handshake may take once [`Self::process_and_hold`] returned (`None`:
+    /// only the listener's own limit).
+    fn handshake_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Type alias for a boxed pre-TLS processor.
@@ -317,11 +334,21 @@ impl UninitializedStream {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {
             // Process pre-TLS data if a callback is configured (e.g., PROXY protocol)
+            let mut held = None;
+            let mut limit = None;
             if let Some(ref callback) = self.pre_tls_callback {
-                callback.process(&mut self.l4).await?;
+                held = callback.process_and_hold(&mut self.l4).await?;
+                limit = callback.handshake_timeout();
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            let handshake = tls.tls_handshake(self.l4);
+            let tls_stream = match limit {
+                Some(t) => pingora_timeout::timeout(t, handshake)
+                    .await
+                    .map_err(|_| Error::explain(ErrorType::HandshakeError, "TLS handshake timed out"))??,
+                None => handshake.await?,
+            };
+            drop(held);
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
