@@ -41,7 +41,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     open: AtomicUsize,
     /// TLS handshakes that may run at once, on all listeners together.
-    pub handshakes: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
 }
 
 /// At most this many TLS handshakes run at once; more wait for a turn. Handshakes are CPU work

@@ -225,6 +225,19 @@ def under_hosts(hosts, args):
             str(hosts), *map(str, args)]
 
 
+def finish_bio_handshake(tls, incoming, outgoing, sock):
+    """Drive a memory-BIO TLS client (`ssl.SSLObject`) through its handshake over `sock`, and
+    send its last flight; for tests that need to see or place the raw TLS bytes."""
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    sock.sendall(outgoing.read())
+
+
 def read_response(sock, timeout=10):
     """Read one HTTP/1.1 response (Content-Length, chunked or close-delimited) from a socket:
     (status, headers as a lower-case dict, body bytes). Status 0 when the connection closed

@@ -17,8 +17,8 @@ import time
 import pytest
 
 from conftest import PASSTHROUGH_NAME
-from stack import (DUMMY, REAL, free_port, headers_of, read_response, start_sidecar,
-                   wait_port)
+from stack import (DUMMY, REAL, finish_bio_handshake, free_port, headers_of, read_response,
+                   start_sidecar, wait_port)
 
 GH = "api.github.com"
 
@@ -139,14 +139,7 @@ def test_a_client_hello_sent_with_the_connect_is_kept(proxied, upstream):
     head, _, rest = buf.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     inc.write(rest)
-    while True:
-        try:
-            obj.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            s.sendall(out.read())
-            inc.write(s.recv(65536))
-    s.sendall(out.read())
+    finish_bio_handshake(obj, inc, out, s)
     m = upstream.mark()
     obj.write(f"GET /early HTTP/1.1\r\nHost: {GH}\r\nConnection: close\r\n\r\n".encode())
     s.sendall(out.read())

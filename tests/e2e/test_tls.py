@@ -5,7 +5,7 @@ import socket
 import ssl
 import threading
 
-from stack import run, start_sidecar
+from stack import finish_bio_handshake, run, start_sidecar
 
 
 def metric(sidecar, name):
@@ -116,14 +116,7 @@ def _response_records(port, ca, request):
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_hostname="api.github.com")
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                s.sendall(outgoing.read())
-                incoming.write(s.recv(65536))
-        s.sendall(outgoing.read())
+        finish_bio_handshake(tls, incoming, outgoing, s)
         tls.write(request)
         s.sendall(outgoing.read())
         raw, plain = b"", b""

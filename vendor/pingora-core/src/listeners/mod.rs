@@ -343,9 +343,9 @@ impl UninitializedStream {
 
             let handshake = tls.tls_handshake(self.l4);
             let tls_stream = match limit {
-                Some(t) => pingora_timeout::timeout(t, handshake)
-                    .await
-                    .map_err(|_| Error::explain(ErrorType::HandshakeError, "TLS handshake timed out"))??,
+                Some(t) => pingora_timeout::timeout(t, handshake).await.map_err(|_| {
+                    Error::explain(ErrorType::HandshakeError, "TLS handshake timed out")
+                })??,
                 None => handshake.await?,
             };
             drop(held);

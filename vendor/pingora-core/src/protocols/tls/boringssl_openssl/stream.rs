@@ -263,7 +263,10 @@ where
             }
             return Poll::Ready(Ok(total));
         }
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
         self.poll_coalesce(cx, first)
     }
 
