@@ -71,6 +71,8 @@ def main():
     ap.add_argument("--pingora", action="append", default=[], metavar="'KEY: VALUE'",
                     help="a top-level (pingora) key for the sidecar's config, e.g. "
                     "'work_stealing: false' (repeatable)")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin the sidecar alone to a "
+                    "CPU of its own (h2load and the static upstream to the others)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write --out")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     a = ap.parse_args()

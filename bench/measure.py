@@ -193,7 +193,13 @@ H2LOAD_RE = {
 }
 
 
-def h2load(port, extra, log=None, timeout=120, on_main=None, url=None):
+def pin(pids, cpus):
+    """Move every thread of `pids` to `cpus` (taskset's list syntax, e.g. "0" or "0-1")."""
+    for p in pids:
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p)], capture_output=True)
+
+
+def h2load(port, extra, log=None, timeout=120, on_main=None, url=None, cpus=None):
     """Run h2load against https://api.github.com:PORT/user (dialling 127.0.0.1), or `url` with
     no extra headers, and parse it.
 
@@ -207,6 +213,8 @@ def h2load(port, extra, log=None, timeout=120, on_main=None, url=None):
     if log:
         log.unlink(missing_ok=True)
         args[1:1] = ["--log-file", str(log)]
+    if cpus:
+        args = ["taskset", "-c", cpus, *args]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timed_out = []
     timer = threading.Timer(timeout, lambda: (timed_out.append(1), p.kill()))
@@ -297,7 +305,7 @@ class Bench(Servers):
 
     # -- load -------------------------------------------------------------------------------------
 
-    def timed_load(self, port, args, groups, by_count, warm_n, url=None, log=None):
+    def timed_load(self, port, args, groups, by_count, warm_n, url=None, log=None, cpus=None):
         """One h2load run with the warm-up left out. Returns h2load's parsed output, the rates
         and percentiles of the measured part, and each pid group's CPU seconds per 10k answers.
 
@@ -313,15 +321,15 @@ class Bench(Servers):
             cpu[phase] = [cpu_seconds(g) for g in groups]
 
         if by_count:
-            w = h2load(port, args + ["-n", str(warm_n)], url=url, timeout=tmo)
+            w = h2load(port, args + ["-n", str(warm_n)], url=url, timeout=tmo, cpus=cpus)
             rate = w["ok"] / max(w["elapsed"], 1e-3) if not w.get("error") else 50
             mark("start")
             r = h2load(port, args + ["-n", str(max(warm_n, int(rate * s.duration)))],
-                       url=url, log=log, timeout=tmo)
+                       url=url, log=log, timeout=tmo, cpus=cpus)
             mark("end")
         else:
             r = h2load(port, args + ["--warm-up-time", dur(s.warmup), "-D", dur(s.duration)],
-                       url=url, log=log, timeout=tmo, on_main=mark)
+                       url=url, log=log, timeout=tmo, on_main=mark, cpus=cpus)
         ok = r["ok"]
         used = ([b - a for a, b in zip(cpu["start"], cpu["end"])]
                 if "start" in cpu and "end" in cpu else [0.0] * len(groups))
@@ -341,9 +349,21 @@ class Bench(Servers):
         # Our tokenizer's CPU too, where the path goes through it.
         tok = tree(self.tokenizer.pid) if pids and not scn.isolated else []
         reset_peak(pids)
-        r, res, (cpu10k, tok10k) = self.timed_load(
-            scn.port, mode.args, [pids, tok], mode.by_count,
-            warm_n=max(4 * s.close_conns, int(s.warmup * 150)), log=self.work / "h2load.log")
+        # A sidecar alone gets a CPU of its own, and h2load and the static upstream the other:
+        # unpinned, the scheduler sometimes put the sidecar beside h2load, and HTTP/1.1 figures
+        # of one build moved by 15% between runs.
+        pinned = scn.isolated and self.pin_cpus and pids
+        if pinned:
+            pin(pids, self.pin_cpus[0])
+            pin(tree(self.upstream.pid), self.pin_cpus[1])
+        try:
+            r, res, (cpu10k, tok10k) = self.timed_load(
+                scn.port, mode.args, [pids, tok], mode.by_count,
+                warm_n=max(4 * s.close_conns, int(s.warmup * 150)), log=self.work / "h2load.log",
+                cpus=self.pin_cpus[1] if pinned else None)
+        finally:
+            if pinned:
+                pin(pids + tree(self.upstream.pid), f"0-{os.cpu_count() - 1}")
         res["cpu10k"] = cpu10k if pids else None
         res["tok10k"] = tok10k if tok else None
         res["hwm"] = rss_mib(pids, "VmHWM") if pids else None

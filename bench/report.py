@@ -145,7 +145,10 @@ def report(b, command):
                f"terminating TLS for {HOST}, dropping `Authorization`, adding "
                "`Proxy-Tokenizer` and forwarding with keep-alive to the null tokenizer (nginx "
                "`return 200`, plain HTTP). CPU = the sidecar's utime + stime (nginx: master + "
-               f"workers) per request; median of {s.runs} run(s), req/s min–max in brackets.\n\n"
+               f"workers) per request; median of {s.runs} run(s), req/s min–max in brackets. "
+               + (f"The sidecar runs on CPU {b.pin_cpus[0]}, h2load and the upstream on CPU "
+                  f"{b.pin_cpus[1]} (`taskset`; `--no-pin` to turn off).\n\n" if b.pin_cpus
+                  else "Not pinned to CPUs.\n\n")
                + iso)
     ab = pair_table(b, summary, "isolated-proxypilot-B", "isolated-proxypilot", "B", "A")
     if ab:

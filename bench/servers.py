@@ -80,6 +80,10 @@ class Servers:
         shutil.copy2(src, self.bin)
         self.meta["bin_sha256"] = hashlib.sha256(Path(self.bin).read_bytes()).hexdigest()[:12]
         self.bin_b = None
+        # (sidecar, load) CPUs for the sidecar-alone table; None: not pinned.
+        n = os.cpu_count() or 1
+        self.pin_cpus = None if getattr(self.a, "no_pin", True) or n < 2 else (
+            str(n - 1), "0" if n == 2 else f"0-{n - 2}")
         if self.a.ab:  # the second binary of an A/B comparison, copied for the same reason
             if not Path(self.a.ab).exists():
                 sys.exit(f"{self.a.ab} (--ab) is missing")
