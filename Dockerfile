@@ -24,6 +24,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # pingora-core and pingora-proxy with our patches ([patch.crates-io]; vendor/README.md).
 COPY vendor ./vendor
+# The profile the release build is optimized with (pgo/README.md), and the script that unpacks
+# it and prints the flag (nothing when this image's rustc could not read it).
+COPY pgo ./pgo
+COPY scripts/pgo-flags.sh ./scripts/pgo-flags.sh
 # Dependencies only, against a placeholder crate (the crate has both a lib and a bin, so both
 # src/lib.rs and src/main.rs): this layer stays cached until Cargo.toml or Cargo.lock change, so
 # a source change does not compile OpenSSL, pingora and the rest again. The placeholder's own
@@ -32,11 +36,11 @@ COPY vendor ./vendor
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked \
+ && RUSTFLAGS="$(scripts/pgo-flags.sh)" cargo build --release --locked \
  && rm -rf src target/release/proxypilot* target/release/.fingerprint/proxypilot-* \
            target/release/deps/proxypilot-* target/release/deps/libproxypilot-*
 COPY src ./src
-RUN cargo build --release --locked \
+RUN RUSTFLAGS="$(scripts/pgo-flags.sh)" cargo build --release --locked \
  && strip target/release/proxypilot \
  && install -D -m 0755 target/release/proxypilot /out/proxypilot
 

@@ -4,13 +4,23 @@
 SHELL := /bin/bash
 BIN   := target/release/proxypilot
 
-.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test deploy-fly
+.PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test deploy-fly pgo
+
+# The release build is optimized with the profile in pgo/ (profile-guided optimization; see
+# pgo/README.md). `make lint` passes the same flags, so the two share one build cache.
+# PROXYPILOT_PGO=0 builds without it.
+PGO_RUSTFLAGS = RUSTFLAGS="$${RUSTFLAGS:-} $$(scripts/pgo-flags.sh)"
 
 setup:
 	@scripts/setup.sh
 
 build: setup
-	cargo build --release --locked
+	$(PGO_RUSTFLAGS) cargo build --release --locked
+
+## Make the profile `make build` optimizes with again (pgo/proxypilot.profdata.xz): an
+## instrumented build driven through the sidecar's paths by bench/pgo.py (~15 min).
+pgo: setup
+	scripts/pgo.sh
 
 ## Start a local tokenizer and the sidecar with an embedded offline default; prints how to call it.
 run: build
@@ -59,7 +69,7 @@ fuzz: setup
 lint: setup
 	shellcheck -s sh deploy/shell/proxypilot-trust
 	cargo fmt --check
-	cargo clippy --release --locked --all-targets -- -D warnings
+	$(PGO_RUSTFLAGS) cargo clippy --release --locked --all-targets -- -D warnings
 
 fmt:
 	cargo fmt

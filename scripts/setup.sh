@@ -16,6 +16,8 @@ have make    || need_apt+=(make)
 have cc      || need_apt+=(gcc)
 have curl    || need_apt+=(curl)
 have openssl || need_apt+=(openssl)
+# xz: the release build's profile (pgo/proxypilot.profdata.xz, unpacked by scripts/pgo-flags.sh).
+have xz      || need_apt+=(xz-utils)
 have python3 || need_apt+=(python3 python3-pip)
 # Real clients the end-to-end tests drive through the sidecar (tests/e2e/test_clients.py), and
 # unshare/mount to give them a private /etc/hosts.

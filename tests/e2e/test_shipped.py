@@ -1,6 +1,7 @@
 """What ships in the repository works: the example configs and `make run`."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,3 +63,39 @@ def test_make_run_prints_a_working_command_and_stops_on_ctrl_c():
         rest, _ = p.communicate(timeout=20)
     assert "make run: stopped" in rest
     assert not port_busy(8443) and not port_busy(8080)
+
+
+PROFILE_MAGIC = bytes.fromhex("ff6c70726f666981")  # LLVM's indexed profile, little-endian
+
+
+def pgo_flags(env=None):
+    return run([str(ROOT / "scripts" / "pgo-flags.sh")], env=env, cwd=ROOT)
+
+
+def test_the_release_build_uses_the_shipped_profile():
+    """`make build`, `make lint` and both cargo builds of the Dockerfile pass the flag that
+    scripts/pgo-flags.sh prints: -Cprofile-use with pgo/'s profile, unpacked and readable."""
+    r = pgo_flags({"PROXYPILOT_PGO": "1"})
+    out = ROOT / "target" / "pgo" / "proxypilot.profdata"
+    assert r.stdout.strip() == f"-Cprofile-use={out}"
+    assert out.read_bytes()[:8] == PROFILE_MAGIC
+    made = (ROOT / "pgo" / "made-with.txt").read_text()
+    assert re.search(r"^llvm-profdata: .*LLVM version \d+", made, re.M), made
+    makefile = (ROOT / "Makefile").read_text()
+    for recipe in ("cargo build --release", "cargo clippy --release"):
+        assert re.search(rf"^\t\$\(PGO_RUSTFLAGS\) {re.escape(recipe)}", makefile, re.M), recipe
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    builds = re.findall(r"(\S*) cargo build --release", dockerfile)
+    assert builds == ['RUSTFLAGS="$(scripts/pgo-flags.sh)"'] * 2, builds
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!pgo/" in allowed and "!scripts/pgo-flags.sh" in allowed
+
+
+def test_the_profile_is_left_out_when_asked_or_unreadable(tmp_path):
+    assert pgo_flags({"PROXYPILOT_PGO": "0"}).stdout == ""
+    # A rustc whose LLVM is older than the llvm-profdata that wrote the profile
+    fake = tmp_path / "rustc"
+    fake.write_text("#!/bin/sh\necho 'rustc 1.80.0'\necho 'LLVM version: 18.1.7'\n")
+    fake.chmod(0o755)
+    r = pgo_flags({"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.stdout == "" and "building without the profile" in r.stderr
