@@ -68,6 +68,7 @@ fuzz: setup
 
 lint: setup
 	shellcheck -s sh deploy/shell/proxypilot-trust
+	shellcheck scripts/pgo.sh scripts/pgo-flags.sh
 	cargo fmt --check
 	$(PGO_RUSTFLAGS) cargo clippy --release --locked --all-targets -- -D warnings
 

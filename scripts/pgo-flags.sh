@@ -1,16 +1,16 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Print the RUSTFLAGS that `make build` (and `make lint`, so both share one build cache) add:
 # `-Cprofile-use` with the profile `make pgo` made (pgo/proxypilot.profdata.xz, unpacked into
 # target/pgo/). Prints nothing, and the build goes on without the profile, when
 # PROXYPILOT_PGO=0, when there is no profile, or when rustc's LLVM is older than the
 # llvm-profdata that wrote it (it could not read the file). pgo/README.md has the why.
-set -eu
+set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${PROXYPILOT_PGO:-1}" = 0 ] && exit 0
 src=pgo/proxypilot.profdata.xz
 [ -f "$src" ] || exit 0
 llvm=$(rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-need=$(sed -n 's/^llvm-profdata: .*LLVM version \([0-9]*\).*/\1/p' pgo/made-with.txt 2>/dev/null)
+need=$(sed -n 's/^llvm-profdata: .*LLVM version \([0-9]*\).*/\1/p' pgo/made-with.txt 2>/dev/null || true)
 need=${need:-19}
 if [ -z "$llvm" ] || [ "$llvm" -lt "$need" ]; then
   echo "pgo: rustc's LLVM (${llvm:-unknown}) is older than $need, which wrote $src:" \
