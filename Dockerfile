@@ -30,9 +30,9 @@ COPY pgo ./pgo
 COPY scripts/pgo-flags.sh ./scripts/pgo-flags.sh
 # Dependencies only, against a placeholder crate (the crate has both a lib and a bin, so both
 # src/lib.rs and src/main.rs): this layer stays cached until Cargo.toml, Cargo.lock, vendor/ or
-# pgo/ change, so a source change does not compile OpenSSL, pingora and the rest again. The placeholder's own
-# artifacts and fingerprints are removed so the real sources below always rebuild (COPY keeps
-# the files' old mtimes, which could look older than the placeholder's build).
+# pgo/ change, so a source change does not compile OpenSSL, pingora and the rest again. The
+# placeholder's own artifacts and fingerprints are removed so the real sources below always
+# rebuild (COPY keeps the files' old mtimes, which could look older than the placeholder's build).
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
