@@ -17,17 +17,20 @@
 # ---- build: the release binary, with dependencies in a layer of their own
 FROM rust:1-bookworm AS build
 # pingora needs cmake (zlib-ng); perl, make and a C compiler (vendored OpenSSL) are in the image.
+# bolt-19: llvm-bolt, which lays out the linked binary by pgo/'s BOLT profile (scripts/bolt.sh).
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cmake >/dev/null \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      cmake bolt-19 >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # pingora-core and pingora-proxy with our patches ([patch.crates-io]; vendor/README.md).
 COPY vendor ./vendor
-# The profile the release build is optimized with (pgo/README.md), and the script that unpacks
-# it and prints the flag (nothing when this image's rustc could not read it).
+# The profiles the release build is optimized with (pgo/README.md), the script that unpacks
+# the first and prints the flags (nothing when this image's rustc could not read it), and the
+# one that lays out the linked binary by the second.
 COPY pgo ./pgo
-COPY scripts/pgo-flags.sh ./scripts/pgo-flags.sh
+COPY scripts/pgo-flags.sh scripts/bolt.sh ./scripts/
 # Dependencies only, against a placeholder crate (the crate has both a lib and a bin, so both
 # src/lib.rs and src/main.rs): this layer stays cached until Cargo.toml, Cargo.lock, vendor/ or
 # pgo/ change, so a source change does not compile OpenSSL, pingora and the rest again. The
@@ -41,6 +44,7 @@ RUN mkdir src \
            target/release/deps/proxypilot-* target/release/deps/libproxypilot-*
 COPY src ./src
 RUN RUSTFLAGS="$(scripts/pgo-flags.sh)" cargo build --release --locked \
+ && scripts/bolt.sh target/release/proxypilot \
  && strip target/release/proxypilot \
  && install -D -m 0755 target/release/proxypilot /out/proxypilot
 

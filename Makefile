@@ -6,19 +6,24 @@ BIN   := target/release/proxypilot
 
 .PHONY: setup build run test unit e2e lint fmt clean bench soak fuzz image-test deploy-fly pgo
 
-# The release build is optimized with the profile in pgo/ (profile-guided optimization; see
-# pgo/README.md). `make lint` passes the same flags, so the two share one build cache.
-# PROXYPILOT_PGO=0 builds without it.
+# The release build is optimized with the profiles in pgo/ (pgo/README.md): rustc's
+# profile-guided optimization, then llvm-bolt lays out the linked binary (scripts/bolt.sh).
+# `make lint` passes the same flags, so the two share one build cache.
+# PROXYPILOT_PGO=0 builds without either, PROXYPILOT_BOLT=0 without the BOLT step.
 PGO_RUSTFLAGS = RUSTFLAGS="$${RUSTFLAGS:-} $$(scripts/pgo-flags.sh)"
 
 setup:
 	@scripts/setup.sh
 
+# A binary an earlier build laid out is replaced by cargo's own link when BOLT is turned off.
 build: setup
+	@if [ "$${PROXYPILOT_BOLT:-1}" = 0 ]; then rm -f $(BIN); fi
 	$(PGO_RUSTFLAGS) cargo build --release --locked
+	scripts/bolt.sh $(BIN)
 
-## Make the profile `make build` optimizes with again (pgo/proxypilot.profdata.xz): an
-## instrumented build driven through the sidecar's paths by bench/pgo.py (~15 min).
+## Make the profiles `make build` optimizes with again (pgo/proxypilot.profdata.xz and
+## pgo/proxypilot.bolt.yaml.xz): instrumented builds driven through the sidecar's paths by
+## bench/pgo.py (~22 min).
 pgo: setup
 	scripts/pgo.sh
 
@@ -68,7 +73,7 @@ fuzz: setup
 
 lint: setup
 	shellcheck -s sh deploy/shell/proxypilot-trust
-	shellcheck scripts/pgo.sh scripts/pgo-flags.sh
+	shellcheck scripts/pgo.sh scripts/pgo-flags.sh scripts/bolt.sh
 	cargo fmt --check
 	$(PGO_RUSTFLAGS) cargo clippy --release --locked --all-targets -- -D warnings
 

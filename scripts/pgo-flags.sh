@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Print the RUSTFLAGS that `make build` (and `make lint`, so both share one build cache) add:
 # `-Cprofile-use` with the profile `make pgo` made (pgo/proxypilot.profdata.xz, unpacked into
-# target/pgo/). Prints nothing, and the build goes on without the profile, when
-# PROXYPILOT_PGO=0, when there is no profile, or when rustc's LLVM is older than the
-# llvm-profdata that wrote it (it could not read the file). pgo/README.md has the why.
+# target/pgo/), and, when there is a BOLT profile (pgo/proxypilot.bolt.yaml.xz), the link
+# flag that keeps the relocations scripts/bolt.sh needs to move code. Prints nothing, and the
+# build goes on without the profile, when PROXYPILOT_PGO=0, when there is no profile, or when
+# rustc's LLVM is older than the llvm-profdata that wrote it (it could not read the file).
+# pgo/README.md has the why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${PROXYPILOT_PGO:-1}" = 0 ] && exit 0
@@ -23,4 +25,6 @@ if [ ! -f "$out" ] || [ "$src" -nt "$out" ]; then
   xz -dc "$src" > "$out.tmp"
   mv "$out.tmp" "$out"
 fi
-echo "-Cprofile-use=$PWD/$out"
+relocs=""
+if [ -f pgo/proxypilot.bolt.yaml.xz ]; then relocs=" -Clink-arg=-Wl,--emit-relocs"; fi
+echo "-Cprofile-use=$PWD/$out$relocs"

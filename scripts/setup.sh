@@ -18,6 +18,10 @@ have curl    || need_apt+=(curl)
 have openssl || need_apt+=(openssl)
 # xz: the release build's profile (pgo/proxypilot.profdata.xz, unpacked by scripts/pgo-flags.sh).
 have xz      || need_apt+=(xz-utils)
+# llvm-bolt and readelf: scripts/bolt.sh lays out the release binary by pgo/'s BOLT profile.
+have_bolt() { have llvm-bolt || compgen -G '/usr/lib/llvm-*/bin/llvm-bolt' >/dev/null; }
+have_bolt    || need_apt+=(bolt-19)
+have readelf || need_apt+=(binutils)
 have python3 || need_apt+=(python3 python3-pip)
 # Real clients the end-to-end tests drive through the sidecar (tests/e2e/test_clients.py), and
 # unshare/mount to give them a private /etc/hosts.

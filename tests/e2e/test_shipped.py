@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,11 +74,12 @@ def pgo_flags(env=None):
 
 
 def test_the_release_build_uses_the_shipped_profile():
-    """`make build`, `make lint` and both cargo builds of the Dockerfile pass the flag that
+    """`make build`, `make lint` and both cargo builds of the Dockerfile pass the flags that
     scripts/pgo-flags.sh prints: -Cprofile-use with pgo/'s profile, unpacked and readable."""
     r = pgo_flags({"PROXYPILOT_PGO": "1"})
     out = ROOT / "target" / "pgo" / "proxypilot.profdata"
-    assert r.stdout.strip() == f"-Cprofile-use={out}"
+    # and the link keeps its relocations, which scripts/bolt.sh needs to move code
+    assert r.stdout.strip() == f"-Cprofile-use={out} -Clink-arg=-Wl,--emit-relocs"
     assert out.read_bytes()[:8] == PROFILE_MAGIC
     made = (ROOT / "pgo" / "made-with.txt").read_text()
     assert re.search(r"^llvm-profdata: .*LLVM version \d+", made, re.M), made
@@ -99,3 +101,80 @@ def test_the_profile_is_left_out_when_asked_or_unreadable(tmp_path):
     fake.chmod(0o755)
     r = pgo_flags({"PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert r.stdout == "" and "building without the profile" in r.stderr
+
+
+def bolt(binary, env=None):
+    return run([str(ROOT / "scripts" / "bolt.sh"), str(binary)], env=env, cwd=ROOT)
+
+
+def sections(binary):
+    return run(["readelf", "-SW", str(binary)]).stdout
+
+
+def test_the_release_build_is_laid_out_by_bolt():
+    """`make build` (the binary every test runs) and the Dockerfile's build stage run
+    scripts/bolt.sh after cargo: llvm-bolt rewrote the binary with pgo/'s BOLT profile, and
+    that profile still names most of the binary's hot functions."""
+    if os.environ.get("PROXYPILOT_PGO") == "0" or os.environ.get("PROXYPILOT_BOLT") == "0":
+        pytest.skip("built without the profiles, as asked")
+    built = ROOT / "target" / "release" / "proxypilot"
+    assert ".note.bolt_info" in sections(built), "make build did not run scripts/bolt.sh"
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^\t\$\(PGO_RUSTFLAGS\) cargo build --release --locked\n"
+                     r"\tscripts/bolt\.sh \$\(BIN\)$", makefile, re.M)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"cargo build --release --locked \\\n"
+                     r" && scripts/bolt\.sh target/release/proxypilot \\\n"
+                     r" && strip target/release/proxypilot", dockerfile), "Dockerfile"
+    assert "bolt-19" in dockerfile
+    assert "!scripts/bolt.sh" in (ROOT / ".dockerignore").read_text().splitlines()
+    made = (ROOT / "pgo" / "made-with.txt").read_text()
+    assert re.search(r"^llvm-bolt: .*LLVM version \d+", made, re.M), made
+    # How much of the profile applied, from llvm-bolt's own count when it laid out the binary.
+    # Few functions matched means the profile is stale (a new rustc renames every function):
+    # `scripts/pgo.sh --bolt-only` makes it again.
+    log = (ROOT / "target" / "release" / "proxypilot.bolt.log").read_text()
+    applied = int(re.search(r"(\d+) out of \d+ functions in the binary .* have non-empty "
+                            r"execution profile", log).group(1))
+    named = (ROOT / "target" / "pgo" / "proxypilot.bolt.yaml").read_text().count("\n  - name:")
+    assert applied >= named // 2, f"the BOLT profile matched {applied} of its {named} functions"
+
+
+def test_bolt_leaves_the_binary_alone_when_asked_or_unable(tmp_path):
+    """scripts/bolt.sh never breaks the build: when it is told not to, cannot, or fails, the
+    binary stays as cargo linked it (and it says why unless told not to). A binary it already
+    laid out is left as it is."""
+    if not shutil.which("cc"):
+        skip_unless_ci("no C compiler")
+    src = tmp_path / "t.c"
+    src.write_text("int main(void) { return 0; }\n")
+    relocs = tmp_path / "relocs"
+    run(["cc", "-O1", "-o", str(relocs), str(src), "-Wl,--emit-relocs"])
+    plain = tmp_path / "plain"
+    run(["cc", "-O1", "-o", str(plain), str(src)])
+    failing = tmp_path / "llvm-bolt"
+    failing.write_text("#!/bin/sh\necho 'BOLT-ERROR: something it cannot do' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    cases = [
+        (relocs, {"PROXYPILOT_BOLT": "0"}, None),
+        (relocs, {"PROXYPILOT_PGO": "0"}, None),
+        (relocs, {"LLVM_BOLT": str(tmp_path / "none")}, "no llvm-bolt"),
+        (plain, {}, "it has no relocations"),
+        (relocs, {"LLVM_BOLT": str(failing)}, "llvm-bolt failed"),
+    ]
+    for binary, env, why in cases:
+        before = binary.read_bytes()
+        r = bolt(binary, env)
+        assert binary.read_bytes() == before, env
+        if why is None:
+            assert r.stdout == r.stderr == "", env
+        else:
+            assert f"bolt: {why}" in r.stderr and "not laid out by BOLT" in r.stderr, r.stderr
+    # Laid out once, left alone after: a second run does not touch it.
+    if ".note.bolt_info" not in sections(ROOT / "target" / "release" / "proxypilot"):
+        skip_unless_ci("the release binary is not laid out by BOLT")
+    again = tmp_path / "proxypilot"
+    shutil.copy(ROOT / "target" / "release" / "proxypilot", again)
+    before = again.read_bytes()
+    r = bolt(again)
+    assert again.read_bytes() == before and r.stderr == "", r.stderr
