@@ -23,7 +23,7 @@ build: setup
 
 ## Make the profiles `make build` optimizes with again (pgo/proxypilot.profdata.xz and
 ## pgo/proxypilot.bolt.yaml.xz): instrumented builds driven through the sidecar's paths by
-## bench/pgo.py (~22 min).
+## bench/pgo.py (~12 min).
 pgo: setup
 	scripts/pgo.sh
 

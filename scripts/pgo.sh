@@ -12,9 +12,9 @@
 #      c. run the same training with it, merge the counts (merge-fdata) and write them as
 #         BOLT's YAML profile, which names functions rather than addresses.
 #   pgo/made-with.txt records the commit and the tools.
-# About 22 minutes on 2 cores. `scripts/pgo.sh --bolt-only` makes only the second profile
-# (about 7 minutes), for a binary that changed since the training but whose first profile is
-# still good.
+# About 12 minutes on 2 cores (11.3 in a fresh clone). `scripts/pgo.sh --bolt-only` makes only
+# the second profile (about a minute after `make build`, whose build it reuses), for a binary
+# that changed since the training but whose first profile is still good.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
