@@ -46,6 +46,7 @@ scripts/bench-setup.sh
 
 gen=$PWD/target/pgo-gen
 mkdir -p pgo
+# 1. rustc's profile, from an instrumented build in its own target directory.
 if [ "$bolt_only" = 0 ]; then
   raw=$gen/raw
   CARGO_TARGET_DIR=$gen RUSTFLAGS="-Cprofile-generate=$raw" cargo build --release --locked
