@@ -193,6 +193,11 @@ H2LOAD_RE = {
 }
 
 
+# The chain's scenarios whose unloaded (serial) row runs pinned: the sidecars compared, and
+# direct, which the added p50 is taken from.
+PINNED_CHAIN = ("direct", "proxypilot", "nginx", "mitmproxy")
+
+
 def pin(pids, cpus):
     """Move every thread of `pids` to `cpus` (taskset's list syntax, e.g. "0" or "0-1")."""
     for p in pids:
@@ -353,9 +358,16 @@ class Bench(Servers):
         # unpinned, the scheduler sometimes put the sidecar beside h2load, and HTTP/1.1 figures
         # of one build moved by 15% between runs.
         pinned = scn.isolated and self.pin_cpus and pids
+        # One unloaded client through the whole chain, likewise: the sidecar (none for direct)
+        # on a CPU of its own, and h2load, our tokenizer and the upstream on the other, where
+        # they take turns. Unpinned, where the scheduler woke each hop moved the added p50 by
+        # more than the sidecars differ. Loaded chain rows stay unpinned: there the tokenizer
+        # needs more than one CPU.
+        pinned = pinned or (self.pin_cpus and mode.key == "serial" and scn.key in PINNED_CHAIN)
+        rest = tree(self.upstream.pid) + (tree(self.tokenizer.pid) if not scn.isolated else [])
         if pinned:
             pin(pids, self.pin_cpus[0])
-            pin(tree(self.upstream.pid), self.pin_cpus[1])
+            pin(rest, self.pin_cpus[1])
         try:
             r, res, (cpu10k, tok10k) = self.timed_load(
                 scn.port, mode.args, [pids, tok], mode.by_count,
@@ -363,7 +375,7 @@ class Bench(Servers):
                 cpus=self.pin_cpus[1] if pinned else None)
         finally:
             if pinned:
-                pin(pids + tree(self.upstream.pid), f"0-{os.cpu_count() - 1}")
+                pin(pids + rest, f"0-{os.cpu_count() - 1}")
         res["cpu10k"] = cpu10k if pids else None
         res["tok10k"] = tok10k if tok else None
         res["hwm"] = rss_mib(pids, "VmHWM") if pids else None

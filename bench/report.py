@@ -176,8 +176,11 @@ def report(b, command):
                 f"{fmt(row['p50'], '.2f')} | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.2f')} | "
                 f"{fmt(row['hwm'])} | {fmt(row['cpu10k'], '.2f')} | {fmt(row['tok10k'], '.2f')} | "
                 f"{errs} | {c.note} |")
+    pinned = (f" The serial rows of direct and of the sidecars run pinned: the sidecar on CPU "
+              f"{b.pin_cpus[0]}, h2load, our tokenizer and the upstream on CPU {b.pin_cpus[1]}."
+              if b.pin_cpus else "")
     table = ("The whole chain (client -> sidecar -> our tokenizer -> upstream), and the "
-             "relays:\n\n" + "\n".join(L)) if len(L) > 2 else ""
+             f"relays.{pinned}\n\n" + "\n".join(L)) if len(L) > 2 else ""
 
     R = pair_ratios(b, summary, "isolated-proxypilot", "isolated-nginx",
                     "sidecar alone, proxypilot/nginx")

@@ -55,6 +55,7 @@ class Conn:
         self.stray = bytearray()    # bytes that were not part of any request
         self.closed_by_peer = False  # the peer closed (EOF, reset or a failed write)
         self.ended = threading.Event()
+        self.sock = None            # the server's socket, while it serves this connection
 
 
 class _Reader:
@@ -164,6 +165,20 @@ class Standin:
                 c.stray.clear()
             self.accepted = 0
 
+    def close_open(self):
+        """Close every connection still open from this side (a FIN to the peer), as a server
+        ends its idle keep-alive connections. Returns how many it closed."""
+        with self._lock:
+            open_conns = [c for c in self.conns if c.sock and not c.ended.is_set()]
+        for c in open_conns:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for c in open_conns:
+            c.ended.wait(5)
+        return len(open_conns)
+
     # ---- serving
 
     def _accept_loop(self):
@@ -189,6 +204,7 @@ class Standin:
                     conn.closed_by_peer = True
                     return
             s.settimeout(None)
+            conn.sock = s
             r = _Reader(s, conn)
             while not self._stop.is_set():
                 req = self._read_request(r)

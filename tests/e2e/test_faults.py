@@ -118,6 +118,52 @@ def test_a_post_that_may_have_reached_the_api_is_never_sent_twice(fsidecar, stan
     assert_recovers(fsidecar, standin)
 
 
+def close_wait_to(port):
+    """Local TCP sockets in CLOSE_WAIT (the peer closed, this end not yet) whose peer is on
+    `port`: the sidecar's ends of tokenizer connections the tokenizer closed."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "08" and int(f[2].rsplit(":", 1)[1], 16) == port:
+                found.append(f[1])
+    return found
+
+
+def test_a_pooled_connection_the_tokenizer_closed_is_not_reused(fsidecar, standin):
+    """A POST is not retried on a connection that turns out closed, so the sidecar must see the
+    tokenizer's close before it picks a pooled connection, also one put back a moment ago."""
+    standin.mode = "ok"
+    code, _, body, _ = fsidecar.curl("/pool/warm")
+    assert code == 200, body
+    assert standin.close_open() >= 1
+    standin.clear()
+    time.sleep(0.2)
+    code, _, body, _ = fsidecar.curl("/pool/post", extra=["-d", '{"n": 1}'])
+    assert code == 200, body
+    assert [r.method for r in standin.requests()] == ["POST"]
+    assert standin.accepted == 1  # a new connection
+
+
+def test_a_pooled_connection_the_tokenizer_closed_is_closed_by_the_sidecar(fsidecar, standin):
+    """Closed by the tokenizer while idle in the pool, the sidecar's end is closed too within
+    seconds, not left half-open until some later request finds it."""
+    standin.mode = "ok"
+    standin.clear()
+    for i in range(3):
+        code, _, body, _ = fsidecar.curl(f"/pool/idle/{i}")
+        assert code == 200, body
+    assert standin.close_open() >= 1
+    deadline = time.time() + 6
+    while close_wait_to(standin.port) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not close_wait_to(standin.port)
+
+
 def test_tokenizer_slow_to_connect_is_504_within_connect_timeout(bin_path, workdir, tokenizer):
     hole = Blackhole()
     s = start_sidecar(bin_path, workdir, tokenizer, name="sidecar-blackhole",

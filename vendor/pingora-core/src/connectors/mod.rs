@@ -23,7 +23,7 @@ mod tls;
 use crate::tls::connectors as tls;
 
 use crate::protocols::l4::ext::attach_connect_local_addr;
-use crate::protocols::{GetSocketDigest, Stream};
+use crate::protocols::{GetSocketDigest, Stream, UniqueIDType};
 use crate::server::configuration::ServerConf;
 use crate::upstreams::peer::{Peer, ALPN};
 
@@ -37,10 +37,10 @@ use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
+use tokio::sync::{oneshot, Mutex, Notify};
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -179,9 +179,34 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    unwatched: Arc<Unwatched>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
+
+/// How long a connection put back in the pool waits before a task watches it, at least
+/// (proxypilot patch: see vendor/README.md). Most are taken again well within this; until
+/// then a reuse finds a connection the server closed by `test_reusable_stream`, as it does
+/// anyway.
+const WATCH_AFTER: Duration = Duration::from_secs(1);
+
+/// Connections in the pool whose idle watch has not started yet, by stream id (a connection
+/// taken from the pool leaves), and whether a task is sweeping them.
+#[derive(Default)]
+struct Unwatched {
+    list: parking_lot::Mutex<(HashMap<UniqueIDType, Released>, bool)>,
+}
+
+/// A connection put back in the pool: what its idle watch needs.
+struct Released {
+    /// Weak: a request that takes the connection from the pool must own it alone.
+    stream: Weak<Mutex<Stream>>,
+    meta: ConnectionMeta,
+    idle_timeout: Option<Duration>,
+    notify_close: Arc<Notify>,
+    watch_use: oneshot::Receiver<bool>,
+    since: Instant,
+}
 
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
@@ -210,6 +235,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            unwatched: Arc::default(),
         }
     }
 
@@ -258,6 +284,7 @@ impl TransportConnector {
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
+                        self.unwatched.list.lock().0.remove(&stream.id());
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -322,28 +349,28 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
+        let weak = Arc::downgrade(&stream);
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
-            }
-        });
+        // No task per release: one sweeper starts the idle watch of those still in the pool
+        // after WATCH_AFTER (proxypilot patch: see vendor/README.md).
+        let start_sweeper = {
+            let mut list = self.unwatched.list.lock();
+            list.0.insert(id, Released {
+                stream: weak,
+                meta,
+                idle_timeout,
+                notify_close,
+                watch_use,
+                since: Instant::now(),
+            });
+            !std::mem::replace(&mut list.1, true)
+        };
+        if start_sweeper {
+            let unwatched = self.unwatched.clone();
+            let pool = self.connection_pool.clone();
+            let callback = self.keepalive_pool_callback.clone();
+            pingora_runtime::current_handle().spawn(sweep(unwatched, pool, callback));
+        }
     }
 
     /// Get a stream to the given server [Peer]
@@ -470,6 +497,97 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Every WATCH_AFTER, starts the idle watch of each connection in the pool that was put back at
+/// least WATCH_AFTER ago and is still unwatched; ends when none is left (the next release
+/// starts another).
+async fn sweep(
+    unwatched: Arc<Unwatched>,
+    pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    callback: Option<PoolCallback>,
+) {
+    loop {
+        tokio::time::sleep(WATCH_AFTER).await;
+        let (due, more) = {
+            let mut list = unwatched.list.lock();
+            let now = Instant::now();
+            let ids: Vec<UniqueIDType> = (list.0.iter())
+                .filter(|(_, r)| r.since + WATCH_AFTER <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let due: Vec<Released> = ids.iter().filter_map(|id| list.0.remove(id)).collect();
+            let more = !list.0.is_empty();
+            if !more {
+                // This sweeper ends; the flag is cleared under the lock a release takes.
+                list.1 = false;
+            }
+            (due, more)
+        };
+        for released in due {
+            watch(released, &pool, &callback);
+        }
+        if !more {
+            return;
+        }
+    }
+}
+
+/// The idle watch pingora starts for every connection put back in the pool, for one still
+/// there: it ends on reuse or eviction, and closes the connection when the server closes it,
+/// sends anything, or the rest of its idle timeout passes.
+fn watch(
+    released: Released,
+    pool: &Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    callback: &Option<PoolCallback>,
+) {
+    let Released {
+        stream,
+        meta,
+        idle_timeout,
+        notify_close,
+        mut watch_use,
+        since,
+    } = released;
+    if !matches!(
+        watch_use.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ) {
+        return; // taken for a request, or evicted
+    }
+    let Some(stream) = stream.upgrade() else {
+        return;
+    };
+    let Ok(locked_stream) = stream.try_lock_owned() else {
+        return;
+    };
+    let remaining = idle_timeout.map(|t| t.saturating_sub(since.elapsed()));
+    if remaining == Some(Duration::ZERO) {
+        pool.pop_closed(&meta);
+        return;
+    }
+    let idle_meta = IdleConnection {
+        connection: meta,
+        idle_since: since,
+    };
+    let pool = pool.clone();
+    let keepalive_pool_callback = callback.clone();
+    pingora_runtime::current_handle().spawn(async move {
+        if pool
+            .idle_poll(
+                locked_stream,
+                &idle_meta.connection,
+                remaining,
+                notify_close,
+                watch_use,
+            )
+            .await
+        {
+            if let Some(callback) = keepalive_pool_callback {
+                callback(idle_meta.elapsed());
+            }
+        }
+    });
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
