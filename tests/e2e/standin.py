@@ -179,6 +179,18 @@ class Standin:
             c.ended.wait(5)
         return len(open_conns)
 
+    def send_on_open(self, data):
+        """Write `data` on every connection still open, between requests: bytes a server sends
+        on an idle keep-alive connection. Returns how many connections got them."""
+        with self._lock:
+            open_conns = [c for c in self.conns if c.sock and not c.ended.is_set()]
+        for c in open_conns:
+            try:
+                c.sock.sendall(data)
+            except OSError:
+                pass
+        return len(open_conns)
+
     # ---- serving
 
     def _accept_loop(self):

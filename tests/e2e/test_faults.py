@@ -149,6 +149,26 @@ def test_a_pooled_connection_the_tokenizer_closed_is_not_reused(fsidecar, standi
     assert standin.accepted == 1  # a new connection
 
 
+def test_bytes_the_tokenizer_sends_on_an_idle_pooled_connection_answer_no_request(
+        fsidecar, standin):
+    """A whole response sent on an idle pooled connection must not become the answer to the
+    next request put on it: the connection is not reused."""
+    standin.mode = "ok"
+    code, _, body, _ = fsidecar.curl("/pool/before-stray")
+    assert code == 200, body
+    smuggled = b'{"smuggled": true}'
+    assert standin.send_on_open(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)) >= 1
+    standin.clear()
+    time.sleep(0.2)
+    code, _, body, _ = fsidecar.curl("/pool/after-stray")
+    assert code == 200, body
+    assert "smuggled" not in body and "after-stray" in body, body
+    targets = [r.target for r in standin.requests()]
+    assert len(targets) == 1 and targets[0].endswith("/pool/after-stray"), targets
+    assert standin.accepted == 1  # a new connection
+
+
 def test_a_pooled_connection_the_tokenizer_closed_is_closed_by_the_sidecar(fsidecar, standin):
     """Closed by the tokenizer while idle in the pool, the sidecar's end is closed too within
     seconds, not left half-open until some later request finds it."""
