@@ -360,9 +360,9 @@ class Bench(Servers):
         pinned = scn.isolated and self.pin_cpus and pids
         # One unloaded client through the whole chain, likewise: the sidecar (none for direct)
         # on a CPU of its own, and h2load, our tokenizer and the upstream on the other, where
-        # they take turns. Unpinned, where the scheduler woke each hop moved the added p50 by
-        # more than the sidecars differ. Loaded chain rows stay unpinned: there the tokenizer
-        # needs more than one CPU.
+        # they take turns. Unpinned, where the scheduler woke each hop added noise of its own
+        # to a difference of hundredths of a millisecond. Loaded chain rows stay unpinned:
+        # there the tokenizer needs more than one CPU.
         pinned = pinned or (self.pin_cpus and mode.key == "serial" and scn.key in PINNED_CHAIN)
         rest = tree(self.upstream.pid) + (tree(self.tokenizer.pid) if not scn.isolated else [])
         if pinned:

@@ -165,11 +165,14 @@ class Standin:
                 c.stray.clear()
             self.accepted = 0
 
+    def _open_conns(self):
+        with self._lock:
+            return [c for c in self.conns if c.sock and not c.ended.is_set()]
+
     def close_open(self):
         """Close every connection still open from this side (a FIN to the peer), as a server
         ends its idle keep-alive connections. Returns how many it closed."""
-        with self._lock:
-            open_conns = [c for c in self.conns if c.sock and not c.ended.is_set()]
+        open_conns = self._open_conns()
         for c in open_conns:
             try:
                 c.sock.shutdown(socket.SHUT_RDWR)
@@ -182,8 +185,7 @@ class Standin:
     def send_on_open(self, data):
         """Write `data` on every connection still open, between requests: bytes a server sends
         on an idle keep-alive connection. Returns how many connections got them."""
-        with self._lock:
-            open_conns = [c for c in self.conns if c.sock and not c.ended.is_set()]
+        open_conns = self._open_conns()
         for c in open_conns:
             try:
                 c.sock.sendall(data)

@@ -548,11 +548,18 @@ fn watch(
         mut watch_use,
         since,
     } = released;
-    if !matches!(
-        watch_use.try_recv(),
-        Err(oneshot::error::TryRecvError::Empty)
-    ) {
-        return; // taken for a request, or evicted
+    match watch_use.try_recv() {
+        Err(oneshot::error::TryRecvError::Empty) => {}
+        Ok(_) => return, // taken for a request
+        Err(oneshot::error::TryRecvError::Closed) => {
+            // Evicted (or the pool is gone): what `idle_poll` reports as an eviction.
+            if let Some(callback) = callback {
+                if notify_close.notified().now_or_never().is_some() {
+                    callback(since.elapsed());
+                }
+            }
+            return;
+        }
     }
     let Some(stream) = stream.upgrade() else {
         return;
