@@ -364,7 +364,8 @@ class Bench(Servers):
         # to a difference of hundredths of a millisecond. Loaded chain rows stay unpinned:
         # there the tokenizer needs more than one CPU.
         pinned = pinned or (self.pin_cpus and mode.key == "serial" and scn.key in PINNED_CHAIN)
-        rest = tree(self.upstream.pid) + (tree(self.tokenizer.pid) if not scn.isolated else [])
+        rest = (tree(self.upstream.pid) + (tree(self.tokenizer.pid) if not scn.isolated else [])
+                if pinned else [])
         if pinned:
             pin(pids, self.pin_cpus[0])
             pin(rest, self.pin_cpus[1])

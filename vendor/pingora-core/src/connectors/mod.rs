@@ -190,11 +190,18 @@ const DEFAULT_POOL_SIZE: usize = 128;
 /// anyway.
 const WATCH_AFTER: Duration = Duration::from_secs(1);
 
-/// Connections in the pool whose idle watch has not started yet, by stream id (a connection
-/// taken from the pool leaves), and whether a task is sweeping them.
+/// Connections in the pool whose idle watch has not started yet, and whether a task is
+/// sweeping them.
 #[derive(Default)]
 struct Unwatched {
-    list: parking_lot::Mutex<(HashMap<UniqueIDType, Released>, bool)>,
+    list: parking_lot::Mutex<UnwatchedList>,
+}
+
+#[derive(Default)]
+struct UnwatchedList {
+    /// By stream id; a connection taken from the pool leaves.
+    by_id: HashMap<UniqueIDType, Released>,
+    sweeping: bool,
 }
 
 /// A connection put back in the pool: what its idle watch needs.
@@ -284,7 +291,7 @@ impl TransportConnector {
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
-                        self.unwatched.list.lock().0.remove(&stream.id());
+                        self.unwatched.list.lock().by_id.remove(&stream.id());
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -355,7 +362,7 @@ impl TransportConnector {
         // after WATCH_AFTER (proxypilot patch: see vendor/README.md).
         let start_sweeper = {
             let mut list = self.unwatched.list.lock();
-            list.0.insert(id, Released {
+            list.by_id.insert(id, Released {
                 stream: weak,
                 meta,
                 idle_timeout,
@@ -363,7 +370,7 @@ impl TransportConnector {
                 watch_use,
                 since: Instant::now(),
             });
-            !std::mem::replace(&mut list.1, true)
+            !std::mem::replace(&mut list.sweeping, true)
         };
         if start_sweeper {
             let unwatched = self.unwatched.clone();
@@ -511,15 +518,15 @@ async fn sweep(
         let (due, more) = {
             let mut list = unwatched.list.lock();
             let now = Instant::now();
-            let ids: Vec<UniqueIDType> = (list.0.iter())
+            let ids: Vec<UniqueIDType> = (list.by_id.iter())
                 .filter(|(_, r)| r.since + WATCH_AFTER <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            let due: Vec<Released> = ids.iter().filter_map(|id| list.0.remove(id)).collect();
-            let more = !list.0.is_empty();
+            let due: Vec<Released> = ids.iter().filter_map(|id| list.by_id.remove(id)).collect();
+            let more = !list.by_id.is_empty();
             if !more {
                 // This sweeper ends; the flag is cleared under the lock a release takes.
-                list.1 = false;
+                list.sweeping = false;
             }
             (due, more)
         };
