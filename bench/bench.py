@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--duration", type=float, help="seconds measured per run")
     ap.add_argument("--warmup", type=float, help="seconds of warm-up per run")
     ap.add_argument("--runs", type=int, help="runs per cell (median reported)")
+    ap.add_argument("--serial-runs", type=int, help="runs of the unloaded (serial) rows of the "
+                    "sidecars alone and of the pinned chain, where more than --runs (default 9)")
     ap.add_argument("--rtt-ms", type=float, help="the relay's simulated round trip")
     ap.add_argument("--spares", type=int, help="spares to compare with 0 (if supported)")
     ap.add_argument("--only", help="comma-separated scenarios: isolated (the sidecars alone; "
@@ -78,7 +80,7 @@ def main():
     a = ap.parse_args()
 
     s = Settings.quick() if a.quick else Settings()
-    for k in ("duration", "warmup", "runs", "rtt_ms", "spares"):
+    for k in ("duration", "warmup", "runs", "serial_runs", "rtt_ms", "spares"):
         if getattr(a, k) is not None:
             setattr(s, k, getattr(a, k))
     for tool in ("nginx", "h2load", "openssl"):

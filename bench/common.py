@@ -37,6 +37,7 @@ class Settings:
     duration: float = 4.0  # seconds measured per run
     warmup: float = 1.5  # seconds of warm-up before each run (not measured)
     runs: int = 3  # runs per scenario and client mode; the median is reported
+    serial_runs: int = 9  # runs of the unloaded rows (sidecars alone, pinned chain), if more
     h1_conns: int = 64  # HTTP/1.1 keep-alive: connections, one request in flight each
     h2_conns: int = 8  # HTTP/2: connections ...
     h2_streams: int = 8  # ... times concurrent streams = the same 64 in flight
@@ -59,7 +60,7 @@ class Settings:
 
     @classmethod
     def quick(cls):
-        return cls(duration=3.0, warmup=1.0, runs=1, many_duration=3.0, handshakes=200,
+        return cls(duration=3.0, warmup=1.0, runs=1, serial_runs=1, many_duration=3.0, handshakes=200,
                    mint_restarts=3, sse_streams=2, connect_new=100, connect_keepalive=500)
 
 

@@ -196,6 +196,8 @@ H2LOAD_RE = {
 # The chain's scenarios whose unloaded (serial) row runs pinned: the sidecars compared, and
 # direct, which the added p50 is taken from.
 PINNED_CHAIN = ("direct", "proxypilot", "nginx", "mitmproxy")
+# The sidecars the chain compares, in the order of the first run (reversed every other run).
+SIDECARS = ("proxypilot", "nginx", "mitmproxy")
 
 
 def pin(pids, cpus):
@@ -503,15 +505,31 @@ class Bench(Servers):
         # The load matrix, interleaved: run i of every scenario and mode before run i+1. The
         # isolated sidecars take turns at going first, so that none always follows the same one
         # (what ran just before warms or heats the shared cores).
+        # The unloaded (serial) rows of the sidecars alone and of PINNED_CHAIN get more runs
+        # than the rest (`serial_runs`): the difference they decide is about one run's noise.
+        # Those extra runs come after the matrix, the same interleaving, serial mode only.
+        # The sidecars compared in the chain go in reverse order every other run, likewise.
         iso = [c for c in scns if c.isolated]
-        for i in range(s.runs):
+        chain = [c for c in scns if not c.isolated]
+        for i in range(max(s.runs, s.serial_runs)):
             turn = iso[i % len(iso):] + iso[:i % len(iso)] if iso else []
+            if i % 2:
+                swap = [c for c in chain if c.key in SIDECARS]
+                back = iter(reversed(swap))
+                turn_chain = [next(back) if c in swap else c for c in chain]
+            else:
+                turn_chain = chain
+            extra = i >= s.runs
             for mode in ms:
-                for scn in turn + [c for c in scns if not c.isolated]:
+                if extra and mode.key != "serial":
+                    continue
+                for scn in turn + turn_chain:
                     if scn.modes is not None and mode.key not in scn.modes:
                         continue
+                    if extra and not (scn.isolated or scn.key in PINNED_CHAIN):
+                        continue
                     self.record(i, scn, mode.key, self.measure(scn, mode))
-            for scn in turn if hs else []:
+            for scn in turn if hs and not extra else []:
                 self.record(i, scn, "handshakes", self.measure_handshakes(scn), unit="hs/s")
 
         want = set(EXTRAS if not a.extras else a.extras.split(",")) - (
@@ -541,7 +559,9 @@ class Bench(Servers):
         flag = f" ERRORS={r['bad']}" if r["bad"] else ""
         flag += f" ({r['error']})" if r["error"] else ""
         cpu = f"  CPU {r['cpu10k'] * 100:6.1f} us" if r["cpu10k"] is not None else ""
-        self.say(f"run {i + 1}/{self.s.runs} {mode_key:10} {scn.key:24} "
+        more = mode_key == "serial" and (scn.isolated or scn.key in PINNED_CHAIN)
+        runs = max(self.s.runs, self.s.serial_runs) if more else self.s.runs
+        self.say(f"run {i + 1}/{runs} {mode_key:10} {scn.key:24} "
                  f"{r['rps']:9.0f} {unit:5}  p50 {r['p50']:7.2f} ms  "
                  f"p99 {r['p99']:7.2f} ms{cpu}{flag}")
 

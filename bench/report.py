@@ -113,9 +113,27 @@ def pair_table(b, summary, x, y, xname, yname):
         tput, cpu = ratio(rx["rps"], ry["rps"]), ratio(rx["cpu10k"], ry["cpu10k"])
         L.append(f"| {label} | {fmt(rx['rps'], ',.0f')}{spread(rx)} | "
                  f"{fmt(ry['rps'], ',.0f')}{spread(ry)} | {fmt(tput, '.2f')}x | {fmt(us(rx))} | "
-                 f"{fmt(us(ry))} | {fmt(cpu, '.2f')}x | {fmt(rx['p50'], '.2f')} | "
-                 f"{fmt(ry['p50'], '.2f')} | {errs} |")
+                 f"{fmt(us(ry))} | {fmt(cpu, '.2f')}x | {fmt(rx['p50'], '.3f')} | "
+                 f"{fmt(ry['p50'], '.3f')} | {errs} |")
     return "\n".join(L) if len(L) > 2 else ""
+
+
+def unloaded_pairs(b, x, y, xname, yname):
+    """One line on the serial (unloaded) row of x against y, run by run: run i of each ran
+    back to back, so their difference is what the machine's drift between runs leaves out."""
+    by = {c.key: c for c in b.scns}
+    rx = by[x].results.get("serial", []) if x in by else []
+    ry = by[y].results.get("serial", []) if y in by else []
+    d = [(u["p50"] - v["p50"]) * 1000 for u, v in zip(rx, ry)
+         if u["p50"] == u["p50"] and v["p50"] == v["p50"]]
+    if not d:
+        return ""
+    lower = sum(1 for v in d if v < 0)
+    same = sum(1 for v in d if v == 0)
+    return (f"Unloaded (serial), run by run ({len(d)} runs, which goes first alternating): "
+            f"{xname}'s p50 was lower than {yname}'s in {lower}, equal in {same} and higher in "
+            f"{len(d) - lower - same}; median difference {med(d):+.1f} µs ({xname} − {yname}; "
+            f"runs from {min(d):+.0f} to {max(d):+.0f} µs).")
 
 
 def pair_ratios(b, summary, x, y, what):
@@ -145,16 +163,22 @@ def report(b, command):
                f"terminating TLS for {HOST}, dropping `Authorization`, adding "
                "`Proxy-Tokenizer` and forwarding with keep-alive to the null tokenizer (nginx "
                "`return 200`, plain HTTP). CPU = the sidecar's utime + stime (nginx: master + "
-               f"workers) per request; median of {s.runs} run(s), req/s min–max in brackets. "
+               f"workers) per request; median of {s.runs} run(s)"
+               + (f" ({max(s.runs, s.serial_runs)} for the serial row)"
+                  if s.serial_runs > s.runs else "") + ", req/s min–max in brackets. "
                + (f"The sidecar runs on CPU {b.pin_cpus[0]}, h2load and the upstream on CPU "
                   f"{b.pin_cpus[1]} (`taskset`; `--no-pin` to turn off).\n\n" if b.pin_cpus
                   else "Not pinned to CPUs.\n\n")
                + iso)
+        line = unloaded_pairs(b, "isolated-proxypilot", "isolated-nginx", "proxypilot", "nginx")
+        iso += f"\n\n{line}" if line else ""
     ab = pair_table(b, summary, "isolated-proxypilot-B", "isolated-proxypilot", "B", "A")
     if ab:
         ab = (f"A/B, sidecar alone: B = `{b.a.ab}` (sha256 {b.meta.get('bin_b_sha256')}), A = "
               f"`{b.a.bin}` (sha256 {b.meta['bin_sha256']}), same setup, interleaved in the "
               "same run.\n\n" + ab)
+        line = unloaded_pairs(b, "isolated-proxypilot-B", "isolated-proxypilot", "B", "A")
+        ab += f"\n\n{line}" if line else ""
 
     L = []
     add = L.append
@@ -173,7 +197,7 @@ def report(b, command):
             errs = str(row["bad"]) + (" (" + "; ".join(row["errors"]) + ")" if row["errors"]
                                       else "")
             add(f"| {c.label} | {mode.key} | {fmt(row['rps'], ',.0f')}{spread(row)} | "
-                f"{fmt(row['p50'], '.2f')} | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.2f')} | "
+                f"{fmt(row['p50'], '.3f')} | {fmt(row['p99'], '.2f')} | {fmt(dp50, '+.3f')} | "
                 f"{fmt(row['hwm'])} | {fmt(row['cpu10k'], '.2f')} | {fmt(row['tok10k'], '.2f')} | "
                 f"{errs} | {c.note} |")
     pinned = (f" The serial rows of direct and of the sidecars run pinned: the sidecar on CPU "
@@ -181,6 +205,8 @@ def report(b, command):
               if b.pin_cpus else "")
     table = ("The whole chain (client -> sidecar -> our tokenizer -> upstream), and the "
              f"relays.{pinned}\n\n" + "\n".join(L)) if len(L) > 2 else ""
+    line = unloaded_pairs(b, "proxypilot", "nginx", "proxypilot", "nginx as sidecar")
+    table += f"\n\n{line}" if table and line else ""
 
     R = pair_ratios(b, summary, "isolated-proxypilot", "isolated-nginx",
                     "sidecar alone, proxypilot/nginx")
@@ -406,7 +432,10 @@ Figures: req/s = 2xx responses per second; p50/p99 from h2load's per-request log
 the **serial** row is the per-request cost of the hop); sidecar peak RSS = VmHWM (reset before
 each run, max over runs); CPU = utime + stime from /proc per 10,000 responses (the sidecar
 process, nginx: master + workers; the tokenizer separately). Every scenario's run i comes
-before any run i+1.
+before any run i+1, and the sidecars compared take turns at going first. The unloaded (serial)
+rows of the sidecars alone and of the pinned chain get {max(s.runs, s.serial_runs)} runs: the
+difference they decide is about one run's noise, so each table also compares them run by run
+(run i of one against run i of the other, measured back to back).
 
 ## Results
 
