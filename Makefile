@@ -43,7 +43,7 @@ e2e: build
 	python3 -m pytest -q -p no:cacheprovider tests/e2e
 
 ## Benchmarks: direct vs proxypilot vs nginx and mitmproxy as sidecars, on loopback; prints the
-## tables and rewrites docs/benchmarks.md (~10 min). BENCH_ARGS=--quick for a smoke test.
+## tables and rewrites docs/benchmarks.md (~15 min). BENCH_ARGS=--quick for a smoke test.
 bench: build
 	@scripts/bench-setup.sh
 	python3 bench/bench.py $(BENCH_ARGS)

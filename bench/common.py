@@ -60,8 +60,14 @@ class Settings:
 
     @classmethod
     def quick(cls):
-        return cls(duration=3.0, warmup=1.0, runs=1, serial_runs=1, many_duration=3.0, handshakes=200,
-                   mint_restarts=3, sse_streams=2, connect_new=100, connect_keepalive=500)
+        return cls(duration=3.0, warmup=1.0, runs=1, serial_runs=1, many_duration=3.0,
+                   handshakes=200, mint_restarts=3, sse_streams=2, connect_new=100,
+                   connect_keepalive=500)
+
+    @property
+    def unloaded_runs(self):
+        """Runs of the unloaded rows: `serial_runs`, or `runs` if that is more."""
+        return max(self.runs, self.serial_runs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -511,7 +511,7 @@ class Bench(Servers):
         # The sidecars compared in the chain go in reverse order every other run, likewise.
         iso = [c for c in scns if c.isolated]
         chain = [c for c in scns if not c.isolated]
-        for i in range(max(s.runs, s.serial_runs)):
+        for i in range(s.unloaded_runs):
             turn = iso[i % len(iso):] + iso[:i % len(iso)] if iso else []
             if i % 2:
                 swap = [c for c in chain if c.key in SIDECARS]
@@ -560,7 +560,7 @@ class Bench(Servers):
         flag += f" ({r['error']})" if r["error"] else ""
         cpu = f"  CPU {r['cpu10k'] * 100:6.1f} us" if r["cpu10k"] is not None else ""
         more = mode_key == "serial" and (scn.isolated or scn.key in PINNED_CHAIN)
-        runs = max(self.s.runs, self.s.serial_runs) if more else self.s.runs
+        runs = self.s.unloaded_runs if more else self.s.runs
         self.say(f"run {i + 1}/{runs} {mode_key:10} {scn.key:24} "
                  f"{r['rps']:9.0f} {unit:5}  p50 {r['p50']:7.2f} ms  "
                  f"p99 {r['p99']:7.2f} ms{cpu}{flag}")

@@ -164,8 +164,8 @@ def report(b, command):
                "`Proxy-Tokenizer` and forwarding with keep-alive to the null tokenizer (nginx "
                "`return 200`, plain HTTP). CPU = the sidecar's utime + stime (nginx: master + "
                f"workers) per request; median of {s.runs} run(s)"
-               + (f" ({max(s.runs, s.serial_runs)} for the serial row)"
-                  if s.serial_runs > s.runs else "") + ", req/s min–max in brackets. "
+               + (f" ({s.unloaded_runs} for the serial row)" if s.unloaded_runs > s.runs
+                  else "") + ", req/s min–max in brackets. "
                + (f"The sidecar runs on CPU {b.pin_cpus[0]}, h2load and the upstream on CPU "
                   f"{b.pin_cpus[1]} (`taskset`; `--no-pin` to turn off).\n\n" if b.pin_cpus
                   else "Not pinned to CPUs.\n\n")
@@ -433,7 +433,7 @@ the **serial** row is the per-request cost of the hop); sidecar peak RSS = VmHWM
 each run, max over runs); CPU = utime + stime from /proc per 10,000 responses (the sidecar
 process, nginx: master + workers; the tokenizer separately). Every scenario's run i comes
 before any run i+1, and the sidecars compared take turns at going first. The unloaded (serial)
-rows of the sidecars alone and of the pinned chain get {max(s.runs, s.serial_runs)} runs: the
+rows of the sidecars alone and of the pinned chain get {s.unloaded_runs} runs: the
 difference they decide is about one run's noise, so each table also compares them run by run
 (run i of one against run i of the other, measured back to back).
 
