@@ -200,6 +200,12 @@ PINNED_CHAIN = ("direct", "proxypilot", "nginx", "mitmproxy")
 SIDECARS = ("proxypilot", "nginx", "mitmproxy")
 
 
+def unloaded_row(scn, mode_key):
+    """Does this row get `Settings.unloaded_runs` runs? The serial rows of the sidecars alone
+    and of PINNED_CHAIN do."""
+    return mode_key == "serial" and (scn.isolated or scn.key in PINNED_CHAIN)
+
+
 def pin(pids, cpus):
     """Move every thread of `pids` to `cpus` (taskset's list syntax, e.g. "0" or "0-1")."""
     for p in pids:
@@ -526,7 +532,7 @@ class Bench(Servers):
                 for scn in turn + turn_chain:
                     if scn.modes is not None and mode.key not in scn.modes:
                         continue
-                    if extra and not (scn.isolated or scn.key in PINNED_CHAIN):
+                    if extra and not unloaded_row(scn, mode.key):
                         continue
                     self.record(i, scn, mode.key, self.measure(scn, mode))
             for scn in turn if hs and not extra else []:
@@ -559,8 +565,7 @@ class Bench(Servers):
         flag = f" ERRORS={r['bad']}" if r["bad"] else ""
         flag += f" ({r['error']})" if r["error"] else ""
         cpu = f"  CPU {r['cpu10k'] * 100:6.1f} us" if r["cpu10k"] is not None else ""
-        more = mode_key == "serial" and (scn.isolated or scn.key in PINNED_CHAIN)
-        runs = self.s.unloaded_runs if more else self.s.runs
+        runs = self.s.unloaded_runs if unloaded_row(scn, mode_key) else self.s.runs
         self.say(f"run {i + 1}/{runs} {mode_key:10} {scn.key:24} "
                  f"{r['rps']:9.0f} {unit:5}  p50 {r['p50']:7.2f} ms  "
                  f"p99 {r['p99']:7.2f} ms{cpu}{flag}")
